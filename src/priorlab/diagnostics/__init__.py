@@ -1,0 +1,1 @@
+"""Measurements of training dynamics and representations."""

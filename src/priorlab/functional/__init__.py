@@ -1,0 +1,1 @@
+"""Pure functions by topic (losses, penalties): no training-loop knowledge."""

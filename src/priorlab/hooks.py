@@ -1,0 +1,70 @@
+"""The training-loop adapter protocol.
+
+An adapter is the thin, stateful half of a method: it turns a pure component into hooks that
+any loop can call. :func:`priorlab.train.fit` calls them in this fixed order each step::
+
+    outputs = model(inputs)
+    terms   = {"task": loss_fn(outputs, targets)} | adapter.loss_terms(ctx) ...
+    sum(terms).backward()
+    adapter.before_optimizer_step(ctx)      # gradient surgery goes here
+    optimizer.step(); optimizer.zero_grad()
+    adapter.after_step(ctx)
+
+and ``on_epoch_end(ctx)`` after each epoch, ``on_task_end(ctx)`` after each task. Loss terms
+come back as a named dict so every penalty is logged (one that silently stays 0 shows up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepContext:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    inputs: Any = None
+    targets: torch.Tensor | None = None
+    indices: torch.Tensor | None = None  # dataset positions of the batch's samples, if given
+    outputs: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    step: int = 0
+    epoch: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Adapter:
+    """Base class: every hook is a no-op, so an adapter implements only what it needs."""
+
+    needs_closure = False
+    freezes_params = False
+    needs_teacher = False
+    ddp_safe = True
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> nn.Module:
+        return model
+
+    def loss_terms(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        return {}
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        pass
+
+    def after_step(self, ctx: StepContext) -> None:
+        pass
+
+    def on_epoch_end(self, ctx: StepContext) -> None:
+        pass
+
+    def on_task_end(self, ctx: StepContext) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

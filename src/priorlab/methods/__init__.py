@@ -1,0 +1,1 @@
+"""Paper cards: one module per paper, each registering its MethodCard(s)."""

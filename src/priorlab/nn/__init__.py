@@ -1,0 +1,1 @@
+"""Modules, activations and parametrisations."""
