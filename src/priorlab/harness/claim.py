@@ -60,6 +60,16 @@ class Claim:
     revision: int = 1  # bump when run() changes meaning: cached results then no longer match
     curves: tuple[str, ...] = ()  # names of the curves worth plotting, in order
     extra_metrics: tuple[str, ...] = field(default_factory=tuple)  # also tabulated in the report
+    # tier -> the arms run at that tier, when a tier runs fewer than all (e.g. arms on real data
+    # that CI's smoke tier cannot reach); comparisons between arms not run are left out.
+    tier_arms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def arms_for(self, tier: str) -> tuple[str, ...]:
+        return self.tier_arms.get(tier, self.arms)
+
+    def comparisons_for(self, tier: str) -> tuple[Comparison, ...]:
+        arms = set(self.arms_for(tier))
+        return tuple(c for c in self.comparisons if {c.method, c.baseline} <= arms)
 
     def __post_init__(self):
         missing = {a for c in self.comparisons for a in (c.method, c.baseline)} - set(self.arms)
@@ -72,6 +82,13 @@ class Claim:
         for tier in TIERS:
             if tier not in self.tiers or tier not in self.seeds:
                 raise PriorlabError(f"claim of paper {self.seed_id} lacks the {tier!r} tier")
+            unknown = set(self.arms_for(tier)) - set(self.arms)
+            if unknown:
+                raise PriorlabError(f"claim of paper {self.seed_id} runs undeclared arm(s) "
+                                    f"{sorted(unknown)} at the {tier!r} tier")
+            if not self.comparisons_for(tier):
+                raise PriorlabError(f"claim of paper {self.seed_id} has no comparison whose arms "
+                                    f"both run at the {tier!r} tier")
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Reproduction harness: claims, runner with cache, verdict rule, report."""

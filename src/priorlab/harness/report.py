@@ -1,0 +1,183 @@
+"""REPORT.md and a self-contained HTML page, generated from result files only.
+
+The output depends on nothing but the files under ``results`` and the code's claims and cards,
+so regenerating it from the same files gives the same bytes (no timestamps, PNGs without
+software metadata).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from priorlab.harness.runner import load_results, stored_tiers  # noqa: E402
+from priorlab.harness.summary import summarise  # noqa: E402
+from priorlab.registry import get  # noqa: E402
+
+
+def _fmt(x, digits=4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.3e}"
+
+
+def _plot(claim, records, arms, path: Path) -> None:
+    curve_names = [c for c in claim.curves if any(c in r["curves"] for r in records)]
+    panels = 1 + len(curve_names)
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), squeeze=False)
+    axes = axes[0]
+    colours = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(arms)}
+    ax = axes[0]
+    for i, arm in enumerate(arms):
+        vals = [r["metrics"][claim.metric] for r in records if r["arm"] == arm]
+        ax.scatter(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)), vals,
+                   color=colours[arm], s=18, zorder=3)
+        if vals:
+            ax.hlines(np.mean(vals), i - 0.3, i + 0.3, color=colours[arm], lw=2)
+    ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(claim.metric)
+    ax.set_title(f"{claim.metric} per seed ({'higher' if claim.higher_is_better else 'lower'} is better)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    for ax, name in zip(axes[1:], curve_names):
+        for arm in arms:
+            curves = [r["curves"][name] for r in records if r["arm"] == arm and name in r["curves"]]
+            if not curves:
+                continue
+            n = min(len(c["y"]) for c in curves)
+            x = np.asarray(curves[0]["x"][:n], dtype=float)
+            ys = np.array([c["y"][:n] for c in curves], dtype=float)
+            ax.plot(x, ys.mean(0), color=colours[arm], label=arm, lw=1.5)
+            if len(curves) > 1:
+                ax.fill_between(x, ys.min(0), ys.max(0), color=colours[arm], alpha=0.15, lw=0)
+        ax.set_title(f"{name} (mean, band = min..max over seeds)", fontsize=9)
+        ax.grid(alpha=0.3)
+        xs = [v for r in records for v in r["curves"].get(name, {}).get("x", [])]
+        if xs and min(xs) > 0 and max(xs) / min(xs) > 100:
+            ax.set_xscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _sections(results: Path, out: Path) -> tuple[list, list[dict]]:
+    """Report blocks: ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path)."""
+    blocks: list = []
+    summaries = []
+    for method_id, tier, n_seeds in sorted(stored_tiers(results), key=lambda t: (get(t[0]).seed_id, t[1])):
+        card = get(method_id)
+        claim, records = load_results(card, tier, results, n_seeds)
+        s = summarise(claim, records, tier, n_seeds)
+        summaries.append(s)
+        paper = card.paper
+        blocks.append(("h", 2, f"{paper.seed_id} — {card.name} ({tier} tier): {s['verdict']}"))
+        blocks.append(("p", f"**Paper**: {paper.title} — {paper.authors}, {paper.venue} {paper.year}, "
+                            f"arXiv {paper.arxiv}. Card: `priorlab info {card.id}`."))
+        blocks.append(("p", f"**Claim**: {claim.statement}"))
+        if claim.paper_value:
+            blocks.append(("p", f"**Paper reports**: {claim.paper_value}"))
+        blocks.append(("p", f"**Setting**: {s['setting']}"))
+        arms = claim.arms_for(tier)
+        metrics = list(s["arm_stats"][arms[0]])
+        rows = [[arm] + [f"{_fmt(st['mean'])} ± {_fmt(st['std'], 2)} (n={st['n']})"
+                         for st in (s["arm_stats"][arm][m] for m in metrics)] for arm in arms]
+        blocks.append(("table", ["arm"] + [f"{m} (mean ± sd)" for m in metrics], rows))
+        tests = s["comparisons"] + s["guards"]
+        blocks.append(("table", ["method vs baseline", "metric", "kind", "threshold", "n seeds",
+                                 "effect", "95% CI", "verdict"],
+                       [[f"{t['method']} vs {t['baseline']}", t["metric"], t["kind"], _fmt(t["threshold"]),
+                         str(t["n"]), _fmt(t["effect"]), f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}]",
+                         t["verdict"]] for t in tests]))
+        plot = results / "plots" / f"{card.id}_{tier}.png"
+        _plot(claim, records, arms, plot)
+        blocks.append(("img", plot))
+        versions = "; ".join(", ".join(f"{k} {v}" for k, v in vs.items()) for vs in s["versions"])
+        blocks.append(("p", f"Runs: {s['runs']}/{s['expected_runs']}, total run time {s['wall_time_s']} s; "
+                            f"commits: {', '.join(c[:12] + ('+dirty' if c.endswith('+dirty') else '') for c in s['git_commits'])}; "
+                            f"{versions}. Effects are method minus baseline, signed so that positive "
+                            "favours the method; intervals are paired 95% t-intervals over seeds."))
+    return blocks, summaries
+
+
+def _overview(summaries) -> tuple:
+    rows = [[str(s["seed_id"]), s["method"], s["tier"], s["metric"], _fmt(s["effect"]),
+             f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]", s["verdict"]] for s in summaries]
+    return ("table", ["seed id", "method", "tier", "metric", "effect (first comparison)", "95% CI",
+                      "verdict"], rows)
+
+
+def _markdown(blocks, out: Path) -> str:
+    lines = []
+    for b in blocks:
+        if b[0] == "h":
+            lines += ["#" * b[1] + " " + b[2], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "table":
+            lines.append("| " + " | ".join(b[1]) + " |")
+            lines.append("|" + "---|" * len(b[1]))
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in b[2]]
+            lines.append("")
+        elif b[0] == "img":
+            lines += [f"![plot]({Path(os.path.relpath(b[1], out)).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def _inline_md(text: str) -> str:
+    """Escape, then render the two inline forms the report uses: **bold** and `code`."""
+    parts = html.escape(text).split("**")
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _html(blocks) -> str:
+    body = []
+    for b in blocks:
+        if b[0] == "h":
+            body.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            body.append(f"<p>{_inline_md(b[1])}</p>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in b[2])
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        elif b[0] == "img":
+            data = base64.b64encode(Path(b[1]).read_bytes()).decode()
+            body.append(f'<img alt="plot" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "font-size:90%}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>priorlab report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_report(results: Path, out: Path) -> tuple[Path, Path, list[dict]]:
+    """Write ``out/REPORT.md`` and ``out/report.html`` from ``results``; return paths and summaries."""
+    results, out = Path(results), Path(out)
+    sections, summaries = _sections(results, out)
+    intro = [("h", 1, "priorlab — reproduction report"),
+             ("p", f"Generated by `priorlab report` from the result files in `{results.as_posix()}`; "
+                   "never edited by hand. Verdicts follow the one rule in `priorlab.harness.verdict`: "
+                   "superiority claims need the mean paired effect at or above the declared minimum and "
+                   "a 95% interval excluding zero; non-inferiority claims need the interval's lower end "
+                   "above minus the declared margin; guard metrics must hold too.")]
+    if not summaries:
+        intro.append(("p", "No results found."))
+    blocks = intro + ([_overview(summaries)] if summaries else []) + sections
+    out.mkdir(parents=True, exist_ok=True)
+    md, page = out / "REPORT.md", out / "report.html"
+    md.write_text(_markdown(blocks, out))
+    page.write_text(_html(blocks))
+    return md, page, summaries
