@@ -11,8 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from priorlab.diagnostics.hessian import (TraceEstimate, hessian_matrix, hutchinson_trace, hvp,
-                                          top_eigenvalue)
+from priorlab.diagnostics.hessian import (
+    TraceEstimate,
+    hessian_matrix,
+    hutchinson_trace,
+    hvp,
+    top_eigenvalue,
+)
 from priorlab.diagnostics.probe import fit_linear_probe, linear_probe
 from priorlab.diagnostics.rank import effective_rank, srank
 from priorlab.errors import PriorlabError
@@ -114,14 +119,14 @@ def test_rademacher_hutchinson_is_exact_for_a_diagonal_hessian():
 def test_hutchinson_is_unbiased_and_deterministic():
     a = with_spectrum([5.0, 2.0, 1.0, -1.0, 0.5])
     loss = quadratic_loss(a)
-    est = hutchinson_trace(Quadratic(5), loss, DUMMY, num_samples=4000, seed=3)
+    est = hutchinson_trace(Quadratic(5), loss, DUMMY, num_samples=800, seed=3)
     assert abs(est.trace - 7.5) < 4 * est.std_error
-    assert est.std_error < 0.15
-    again = hutchinson_trace(Quadratic(5), loss, DUMMY, num_samples=4000, seed=3)
+    assert est.std_error < 0.3
+    again = hutchinson_trace(Quadratic(5), loss, DUMMY, num_samples=800, seed=3)
     assert again == est
     other = hutchinson_trace(Quadratic(5), loss, DUMMY, num_samples=20, seed=4)
     assert other.trace != hutchinson_trace(Quadratic(5), loss, DUMMY, num_samples=20, seed=3).trace
-    gauss = hutchinson_trace(Quadratic(5), loss, DUMMY, num_samples=4000, distribution="gaussian")
+    gauss = hutchinson_trace(Quadratic(5), loss, DUMMY, num_samples=800, distribution="gaussian")
     assert abs(gauss.trace - 7.5) < 4 * gauss.std_error
 
 
@@ -130,7 +135,7 @@ def test_hutchinson_on_a_network_matches_the_exact_trace():
     model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
     x, y = torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,))
     exact = float(torch.trace(hessian_matrix(model, nn.functional.cross_entropy, (x, y))))
-    est = hutchinson_trace(model, nn.functional.cross_entropy, (x, y), num_samples=3000)
+    est = hutchinson_trace(model, nn.functional.cross_entropy, (x, y), num_samples=800)
     assert abs(est.trace - exact) < 4 * est.std_error
 
 
@@ -231,7 +236,7 @@ def blobs(n=200, seed=0, spread=0.3):
 def test_separable_classes_are_decoded_perfectly(kind):
     x, y = blobs()
     xt, yt = blobs(seed=1)
-    assert linear_probe(x, y, xt, yt, kind=kind) == 1.0
+    assert linear_probe(x, y, xt, yt, kind=kind, l2=1e-2) == 1.0
 
 
 def test_probe_of_uninformative_features_is_near_chance():

@@ -43,9 +43,9 @@ def test_seeded_and_reproducible():
 def test_frame_is_fast_and_sized():
     scene = make_scene(0, n_beams=32, azimuth_resolution=0.36)
     scene.frame(0)  # warm-up
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time: robust to a busy machine
     f = scene.frame(1)
-    assert time.perf_counter() - t < 1.0
+    assert time.process_time() - t < 1.0
     assert scene.lidar.n_azimuth == 1000
     assert 15_000 < len(f) <= 32_000
     assert f.points.dtype == np.float32 and f.flow.dtype == np.float32

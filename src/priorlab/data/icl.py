@@ -18,8 +18,8 @@ Their distance to a learner is the paper's *squared prediction difference* (SPD)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -66,7 +66,8 @@ def icl_regression_batch(batch_size: int, num_examples: int, dim: int, noise_std
     xs = torch.randn(batch_size, num_examples, dim, generator=generator, dtype=dtype)
     ys = torch.einsum("bnd,bd->bn", xs, weights)
     if noise_std > 0:
-        ys = ys + noise_std * torch.randn(batch_size, num_examples, generator=generator, dtype=dtype)
+        noise = torch.randn(batch_size, num_examples, generator=generator, dtype=dtype)
+        ys = ys + noise_std * noise
     return ICLBatch(xs=xs, ys=ys, weights=weights)
 
 
@@ -76,7 +77,8 @@ def _check_context(x_context, y_context, x_query) -> None:
                                 ("x_query", x_query, 2, "(B, d)")):
         if not isinstance(t, torch.Tensor) or t.ndim != ndim or not t.is_floating_point():
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise PriorlabError(f"{name} must be a floating-point tensor of shape {hint}, got {got}")
+            raise PriorlabError(f"{name} must be a floating-point tensor of shape {hint}, "
+                                f"got {got}")
         if not bool(torch.isfinite(t).all()):
             raise PriorlabError(f"{name} contains NaN or infinite values")
     B, k, d = x_context.shape
@@ -147,7 +149,7 @@ def prefix_predictions(predict: Callable[..., torch.Tensor], xs: torch.Tensor, y
 
 
 def squared_prediction_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The paper's SPD: ``mean over prompts of (a - b)^2``, one value per position, shape ``(n,)``."""
+    """The paper's SPD: ``mean over prompts of (a - b)^2`` at each position, shape ``(n,)``."""
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape \
             or a.ndim != 2:
         raise PriorlabError("squared_prediction_difference needs two (B, n) tensors of one shape")

@@ -94,7 +94,7 @@ class HMM:
 
     @classmethod
     def random(cls, num_states: int, vocab_size: int, *, transition_concentration: float = 1.0,
-               emission_concentration: float = 1.0, seed: int = 0) -> "HMM":
+               emission_concentration: float = 1.0, seed: int = 0) -> HMM:
         """Rows drawn from symmetric Dirichlet distributions (smaller concentration = peakier)."""
         for name, value in (("num_states", num_states), ("vocab_size", vocab_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:

@@ -116,9 +116,10 @@ class LinearProbe:
         predicted = self.predict(feats)
         n = predicted.shape[0]
         y = _check_labels("labels", labels, n, self.num_classes)
-        w = _check_weights(sample_weight, n)
         hit = y[torch.arange(n), predicted] if y.dim() == 2 else (predicted == y).double()
-        return float((w * hit).sum())
+        if sample_weight is None:
+            return float(hit.mean())
+        return float((_check_weights(sample_weight, n) * hit).sum())
 
     def nll(self, feats: torch.Tensor, labels: torch.Tensor,
             sample_weight: torch.Tensor | None = None) -> float:

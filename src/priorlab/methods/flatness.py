@@ -10,8 +10,6 @@ any training loop (Hutchinson's estimator, :func:`priorlab.diagnostics.hutchinso
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn

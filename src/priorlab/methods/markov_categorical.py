@@ -193,7 +193,7 @@ def information_surplus(hidden: torch.Tensor, logits: torch.Tensor, future: torc
                             "sampled future tokens are weighted equally")
     if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise PriorlabError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
-    split = int(round(n * (1 - test_fraction)))
+    split = round(n * (1 - test_fraction))
     if split < 2 or n - split < 1:
         raise PriorlabError(f"{n} samples leave no room for both a training and a test split")
     if not isinstance(future, torch.Tensor) or tuple(future.shape) != (n,):
@@ -238,8 +238,9 @@ CARD = register(MethodCard(
     paper=Paper(
         title="A Markov Categorical Framework for Language Modeling", authors="Yifan Zhang",
         venue="arXiv preprint (ICML 2025 AI4Math workshop)", year=2025, arxiv="2507.19247",
-        code_url="https://github.com/yifanzhang-pro/lm-theory",
-        licence="no official code (project page only)", seed_id=40),
+        code_url="",
+        licence="no official code (github.com/yifanzhang-pro/lm-theory holds only the PDF)",
+        seed_id=40),
     summary=("Measures what the paper predicts NLL training does to representations: contexts "
              "are similar when they predict the same next tokens, K(c,c') = sum_x p(x|c)p(x|c')/p(x); "
              "the features' whitened span should contain the top eigenfunctions of that operator "
@@ -250,7 +251,10 @@ CARD = register(MethodCard(
         "k: how many non-constant eigenfunctions (at most vocab - 1). feature_components: "
         "restrict features to their top principal directions first (None = whitened CCA, the "
         "paper's notion). rank_tol=1e-8: relative singular-value cut for the spans. "
-        "information_surplus: test_fraction=0.5, l2=1e-4 on standardised features."),
+        "information_surplus: l2=1e-4 on standardised features; with sampled tokens a "
+        "test_fraction=0.5 held-out split (probe overfitting biases the surplus down by about "
+        "dim x vocab / (2 n) nats), with exact future distributions and sample_weight=p(c) no "
+        "split and no sampling error."),
     deviations=(
         "No code exists and the paper's exact definitions could not be retrieved offline; from "
         "the abstracts (v1-v5) we implement: the predictive-similarity operator as the "

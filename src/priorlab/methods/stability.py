@@ -16,8 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from priorlab.diagnostics.hessian import (hessian_matrix, hutchinson_trace, select_params,
-                                          top_eigenvalue)
+from priorlab.diagnostics.hessian import (
+    hessian_matrix,
+    hutchinson_trace,
+    select_params,
+    top_eigenvalue,
+)
 from priorlab.errors import PriorlabError
 from priorlab.registry import MethodCard, Paper, register
 
@@ -118,7 +122,7 @@ model = DiagonalLinearNet(30, init_scale=0.5)
 mse = lambda out, target: 0.5 * ((out - target) ** 2).mean()
 lr = 0.02
 opt = torch.optim.SGD(model.parameters(), lr=lr)
-for step in range(300):                      # single-sample SGD
+for step in range(150):                      # single-sample SGD
     i = torch.randint(0, 20, (1,), generator=g)
     loss = mse(model(x[i]), y[i])
     opt.zero_grad(); loss.backward(); opt.step()

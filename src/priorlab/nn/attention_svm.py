@@ -129,14 +129,16 @@ class SingleHeadAttention(nn.Module):
 
     def attention(self, X: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax attention over the tokens, shape ``(n, T)``."""
-        X, z = self._inputs(X, z)
-        scores = torch.einsum("ntd,de,ne->nt", X, self.combined_weight(), z)
-        return torch.softmax(scores, dim=-1)
+        return torch.softmax(self._scores(*self._inputs(X, z)), dim=-1)
+
+    def _scores(self, X: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        # x_t^T W z = x_t . (W z); broadcasting beats einsum/bmm for these tiny shapes on CPU
+        return (X * (z @ self.combined_weight().T).unsqueeze(1)).sum(-1)
 
     def forward(self, X: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         X, z = self._inputs(X, z)
-        scores = torch.einsum("ntd,de,ne->nt", X, self.combined_weight(), z)
-        return torch.einsum("nt,ntd,d->n", torch.softmax(scores, dim=-1), X, self.v)
+        attention = torch.softmax(self._scores(X, z), dim=-1)
+        return (attention * (X * self.v).sum(-1)).sum(-1)
 
 
 def _constraint_rows(X: np.ndarray, z: np.ndarray, opt_index: np.ndarray):

@@ -61,7 +61,7 @@ class WeightCompander(nn.Module):
         if learnable and math.isinf(alpha):
             raise PriorlabError("learnable=True needs a finite alpha (it is trained in log space)")
         self.learnable = bool(learnable)
-        log_alpha = torch.tensor(math.log(alpha)) if math.isfinite(alpha) else torch.tensor(math.inf)
+        log_alpha = torch.tensor(math.log(alpha))  # math.log(inf) = inf: no saturation
         log_beta = torch.tensor(math.log(beta))
         if self.learnable:
             self.log_alpha, self.log_beta = nn.Parameter(log_alpha), nn.Parameter(log_beta)

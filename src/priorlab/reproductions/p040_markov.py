@@ -25,8 +25,11 @@ import torch.nn.functional as F
 from priorlab.data.markov import noisy_cycle
 from priorlab.errors import did_you_mean
 from priorlab.harness.claim import Claim, Comparison, RunOutput
-from priorlab.methods.markov_categorical import (eigenfunction_alignment, information_surplus,
-                                                 predictive_eigenfunctions)
+from priorlab.methods.markov_categorical import (
+    eigenfunction_alignment,
+    information_surplus,
+    predictive_eigenfunctions,
+)
 from priorlab.models import mlp
 from priorlab.seed import seed_everything
 

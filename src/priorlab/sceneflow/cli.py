@@ -99,8 +99,9 @@ def add_flow_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="CLOUD.npz", help="output .npz with 'points' (M,3) and 'frame' (M,)")
     p.add_argument("--poses", metavar="FILE",
                    help="one pose per frame, frame->world or frame->first frame: text with 12 (3x4) or 16 (4x4) "
-                        "row-major numbers per line, optionally preceded by the frame number ('#' comments allowed; "
-                        "KITTI poses.txt works), or .npy/.npz (T,4,4)")
+                        "row-major numbers per line, optionally preceded by the frame number ('#' comments allowed), "
+                        "or .npy/.npz (T,4,4). Poses must be of the lidar frame: KITTI odometry poses.txt has the "
+                        "right layout but gives camera poses; convert them with the calibration Tr first")
     p.add_argument("--png", metavar="PATH", help="also draw the accumulated cloud (bird's-eye view) to this PNG")
     p.add_argument("--png-range", type=float, default=40.0, metavar="M", help="half-width of the PNG view in m (default 40)")
     _add_fit_options(p, method="nsfp", methods=METHODS + ("none",))
@@ -390,8 +391,11 @@ def _accumulate(args) -> int:
         if fields is not None and poses is not None:
             panels.insert(0, accumulate(clouds, None, poses=poses, progress=False))
             titles.insert(0, "poses only (moving objects smear)")
-        plot_accumulated(panels, png, titles=titles, range_m=args.png_range,
-                         title=f"{len(clouds)} sweeps in frame 0 coordinates")
+        masks, what = None, ""
+        if rigid is not None:  # ground known: draw the rest, whose alignment the flow changed
+            masks, what = ~np.concatenate(rigid), ", non-ground points"
+        plot_accumulated(panels, png, titles=titles, masks=masks, range_m=args.png_range,
+                         title=f"{len(clouds)} sweeps in frame 0 coordinates{what}")
         print(f"wrote {png}")
     return 0
 

@@ -107,7 +107,8 @@ def _colour_wheel(fig, ax, scale, unit="m"):
 
 def plot_flow_bev(pc0, flow, path, *, pc1=None, ego_motion=None, mask=None, range_m: float = 40.0, center=(0.0, 0.0),
                   scale: float | None = None, max_arrows: int = 250, min_arrow: float = 0.1,
-                  max_points: int = 150_000, title: str | None = None, point_size: float = 1.5) -> Path:
+                  max_points: int = 150_000, title: str | None = None, point_size: float = 1.5,
+                  label: str | None = None) -> Path:
     """BEV of ``pc0`` coloured by ``flow``; grey dots = ``pc1`` if given.
 
     With ``ego_motion`` (4x4, frame 0 -> frame 1, e.g. the AV2 pair's), the rigid ego flow is
@@ -115,7 +116,8 @@ def plot_flow_bev(pc0, flow, path, *, pc1=None, ego_motion=None, mask=None, rang
     flow (ego motion included) is shown. ``mask`` picks the points to colour (e.g. the non-ground
     points the flow was fitted on); the others are drawn pale grey, without arrows. ``scale`` (m) is the magnitude at full saturation
     (default: 98th percentile). Up to ``max_arrows`` arrows (exaggerated by the factor shown in
-    the legend) are drawn on points moving more than ``min_arrow`` m."""
+    the legend) are drawn on points moving more than ``min_arrow`` m. ``label`` replaces the
+    automatic description of what the flow is (e.g. "residual flow after ICP")."""
     p = _xyz(pc0, "pc0")
     f = _xyz(flow, "flow", len(p))
     what = "total flow (incl. ego motion)"
@@ -123,6 +125,8 @@ def plot_flow_bev(pc0, flow, path, *, pc1=None, ego_motion=None, mask=None, rang
         E = np.asarray(ego_motion, dtype=np.float64).reshape(4, 4)
         f = f - (p @ E[:3, :3].T + E[:3, 3] - p)
         what = "flow relative to the world (ego motion removed)"
+    if label:
+        what = label
     finite = np.isfinite(f).all(1)
     sel = np.ones(len(p), bool) if mask is None else np.asarray(mask, bool).reshape(-1)
     if sel.shape != (len(p),):
@@ -235,8 +239,8 @@ def plot_trajectories(traj, path, *, true_traj=None, background=None, range_m: f
         bi = _limit(np.flatnonzero(_in_view(b, range_m, center)), 150_000, 1)
         ax.scatter(b[bi, 0], b[bi, 1], s=0.6, c="0.78", lw=0, rasterized=True, zorder=1)
     if gt is not None and len(chosen):
-        ax.add_collection(LineCollection(gt[:, chosen, :2].transpose(1, 0, 2), colors="black", linewidths=1.0,
-                                         linestyles=(0, (2, 1.5)), zorder=3, label="true"))
+        ax.add_collection(LineCollection(gt[:, chosen, :2].transpose(1, 0, 2), colors="black", linewidths=0.9,
+                                         linestyles=(0, (2, 1.5)), zorder=6, label="true"))
     if len(chosen):
         segs = np.stack([tr[:-1, chosen, :2], tr[1:, chosen, :2]], 2)  # (T-1, K, 2, 2)
         tcol = np.repeat(np.arange(T - 1), len(chosen))
@@ -261,17 +265,27 @@ def plot_trajectories(traj, path, *, true_traj=None, background=None, range_m: f
     return _save(fig, path)
 
 
-def plot_accumulated(clouds, path, *, titles=None, range_m: float = 40.0, center=(0.0, 0.0),
+def plot_accumulated(clouds, path, *, titles=None, masks=None, range_m: float = 40.0, center=(0.0, 0.0),
                      max_points: int = 200_000, title: str | None = None, point_size: float = 0.8) -> Path:
     """Accumulated cloud(s) coloured by frame index. ``clouds``: one (M,4) array (x, y, z,
     frame) as returned by :func:`~priorlab.sceneflow.trajectory.accumulate`, or a list of them
-    drawn side by side (e.g. rigid-only vs flow-compensated) with ``titles``."""
+    drawn side by side (e.g. rigid-only vs flow-compensated) with ``titles``. ``masks`` (one
+    boolean array per cloud, or one shared by all) selects the points drawn, e.g. non-ground
+    points, whose many overlapping rings otherwise hide the structure."""
     if isinstance(clouds, np.ndarray):
         clouds = [clouds]
     clouds = [np.asarray(c, dtype=np.float64) for c in clouds]
     for c in clouds:
         if c.ndim != 2 or c.shape[1] != 4:
             raise PriorlabError(f"accumulated cloud has shape {c.shape}; expected (M,4) = x, y, z, frame index")
+    if masks is not None:
+        masks = [masks] * len(clouds) if isinstance(masks, np.ndarray) else list(masks)
+        if len(masks) != len(clouds):
+            raise PriorlabError(f"got {len(masks)} masks for {len(clouds)} clouds")
+        for m, c in zip(masks, clouds):
+            if np.asarray(m).shape != (len(c),):
+                raise PriorlabError(f"mask has shape {np.asarray(m).shape}; expected ({len(c)},), one entry per point")
+        clouds = [c[np.asarray(m, bool)] for c, m in zip(clouds, masks)]
     titles = list(titles) if titles is not None else [None] * len(clouds)
     if len(titles) != len(clouds):
         raise PriorlabError(f"got {len(titles)} titles for {len(clouds)} clouds")

@@ -1,0 +1,149 @@
+"""Latent-quantised variational purifier: Kumar et al., "Variational Inference with Latent Space
+Quantization for Adversarial Resilience" (ICPR 2020, arXiv:1903.09940).
+
+A Lipschitz-constrained encoder (spectral-normalised linear layers and 1-Lipschitz ReLUs) maps
+an input to a Gaussian posterior ``N(mu, diag(exp(logvar)))``; a reparametrised sample is
+uniformly quantised (``step * round(z / step)``, straight-through gradient) and decoded back to
+image space. Trained on clean data only (reconstruction + KL), it is put in front of any
+classifier at test time: small input perturbations move the latent by at most the encoder's
+Lipschitz constant times their size, and the quantiser snaps most such moves back to the same
+code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from priorlab.errors import PriorlabError
+
+
+class _RoundStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, step):
+        return torch.round(z / step) * step
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def uniform_quantise(z: torch.Tensor, step: float) -> torch.Tensor:
+    """Round ``z`` to the grid ``step * Z``; the backward pass is the identity (straight-through)."""
+    if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step) \
+            or step <= 0:
+        raise PriorlabError(f"quantisation step must be a finite number > 0, got {step!r}")
+    return _RoundStraightThrough.apply(z, float(step))
+
+
+def _linear(n_in: int, n_out: int, lipschitz: bool) -> nn.Linear:
+    layer = nn.Linear(n_in, n_out)
+    return spectral_norm(layer) if lipschitz else layer
+
+
+class QuantisedVAEPurifier(nn.Module):
+    """Encoder -> (variational) latent -> uniform quantiser -> decoder, for flattened images.
+
+    ``lipschitz=False, variational=False, quant_step=None`` gives a plain autoencoder (the
+    ablation baseline). ``forward(x)`` returns ``(reconstruction, mu, logvar)``; ``purify(x)``
+    returns the reconstruction only, shaped like ``x``.
+    """
+
+    def __init__(self, in_features: int, hidden: int = 256, latent: int = 16, *,
+                 quant_step: float | None = 0.5, lipschitz: bool = True,
+                 variational: bool = True):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("hidden", hidden), ("latent", latent)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PriorlabError(f"purifier {name} must be an integer >= 1, got {value!r}")
+        if quant_step is not None:
+            uniform_quantise(torch.zeros(1), quant_step)  # validates the step
+        self.in_features, self.quant_step, self.variational = in_features, quant_step, variational
+        self.encoder = nn.Sequential(_linear(in_features, hidden, lipschitz), nn.ReLU(),
+                                     _linear(hidden, hidden, lipschitz), nn.ReLU())
+        self.to_mu = _linear(hidden, latent, lipschitz)
+        self.to_logvar = nn.Linear(hidden, latent) if variational else None
+        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, in_features))
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise PriorlabError("purifier input must be a floating-point tensor of images")
+        flat = x.reshape(len(x), -1)
+        if flat.shape[1] != self.in_features:
+            raise PriorlabError(f"purifier was built for {self.in_features} input features, got "
+                                f"inputs of shape {tuple(x.shape)}; pass in_features="
+                                f"{flat.shape[1]}")
+        return flat
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.encoder(self._flat(x))
+        return self.to_mu(h), (self.to_logvar(h) if self.variational else None)
+
+    def latent(self, mu: torch.Tensor, logvar: torch.Tensor | None, *, sample: bool,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        z = mu
+        if self.variational and sample:
+            noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
+            z = mu + torch.exp(0.5 * logvar) * noise
+        return z if self.quant_step is None else uniform_quantise(z, self.quant_step)
+
+    def forward(self, x: torch.Tensor, *, sample: bool = True,
+                generator: torch.Generator | None = None):
+        mu, logvar = self.encode(x)
+        z = self.latent(mu, logvar, sample=sample, generator=generator)
+        return torch.sigmoid(self.decoder(z)).reshape(x.shape), mu, logvar
+
+    def purify(self, x: torch.Tensor, *, sample: bool = True,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        return self(x, sample=sample, generator=generator)[0]
+
+    @torch.no_grad()
+    def encoder_lipschitz_bound(self) -> float:
+        """Product of the spectral norms of the mean path's layers: an upper bound on the
+        l2 Lipschitz constant of ``x -> mu`` (ReLU is 1-Lipschitz)."""
+        layers = [m for m in self.encoder if isinstance(m, nn.Linear)] + [self.to_mu]
+        bound = 1.0
+        for layer in layers:
+            bound *= float(torch.linalg.matrix_norm(layer.weight, ord=2))
+        return bound
+
+
+def purifier_loss(x: torch.Tensor, reconstruction: torch.Tensor, mu: torch.Tensor,
+                  logvar: torch.Tensor | None, kl_weight: float = 1.0) -> torch.Tensor:
+    """Negative ELBO per example: Bernoulli reconstruction (binary cross-entropy summed over
+    pixels) plus ``kl_weight * KL(N(mu, exp(logvar)) || N(0, I))``; the KL is dropped for a
+    plain autoencoder (``logvar is None``)."""
+    if not isinstance(kl_weight, (int, float)) or not math.isfinite(kl_weight) or kl_weight < 0:
+        raise PriorlabError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
+    if reconstruction.shape != x.shape:
+        raise PriorlabError(f"reconstruction shape {tuple(reconstruction.shape)} differs from the "
+                            f"input's {tuple(x.shape)}")
+    recon = F.binary_cross_entropy(reconstruction.reshape(len(x), -1), x.reshape(len(x), -1),
+                                   reduction="none").sum(1)
+    if logvar is None:
+        return recon.mean()
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+    return (recon + kl_weight * kl).mean()
+
+
+class PurifiedClassifier(nn.Module):
+    """``classifier(purifier.purify(x))``. With ``bpda=True`` the backward pass treats the
+    purifier as the identity (BPDA, Athalye et al. arXiv:1802.00420), which an adaptive attacker
+    uses when the quantiser's true gradient is zero almost everywhere."""
+
+    def __init__(self, purifier: QuantisedVAEPurifier, classifier: nn.Module, *,
+                 bpda: bool = False, sample: bool = True):
+        super().__init__()
+        self.purifier, self.classifier, self.bpda, self.sample = purifier, classifier, bpda, sample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        purified = self.purifier.purify(x, sample=self.sample)
+        if self.bpda:
+            purified = x + (purified - x).detach()
+        return self.classifier(purified)
