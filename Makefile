@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/priorlab: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,av2]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,av2,svm]'
 	touch $@
 
 # The main job: every reproduction at smoke size, then its report (runs/smoke/REPORT.md).

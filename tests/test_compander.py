@@ -8,8 +8,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from priorlab.errors import PriorlabError
-from priorlab.nn.compander import (WeightCompander, apply_weight_compander,
-                                   remove_weight_compander)
+from priorlab.nn.compander import (
+    WeightCompander,
+    apply_weight_compander,
+    remove_weight_compander,
+)
 from priorlab.registry import get
 from priorlab.reproductions import p025_compander
 

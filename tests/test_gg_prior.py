@@ -7,9 +7,17 @@ import torch
 from torch import nn
 
 from priorlab.errors import PriorlabError
-from priorlab.functional.gg_prior import (SHAPE_SEARCH, backslash_penalty, deepshape_,
-                                          estimate_gg_shape, gg_init_, gg_moment_ratio,
-                                          gg_quantile, gg_scale, prune_smallest_)
+from priorlab.functional.gg_prior import (
+    SHAPE_SEARCH,
+    backslash_penalty,
+    deepshape_,
+    estimate_gg_shape,
+    gg_init_,
+    gg_moment_ratio,
+    gg_quantile,
+    gg_scale,
+    prune_smallest_,
+)
 from priorlab.hooks import StepContext
 from priorlab.methods.gg_prior import BackSlash
 from priorlab.registry import get
@@ -86,10 +94,10 @@ def test_estimate_shape_of_known_samples():
 def test_backslash_penalty_known_values_and_gradients():
     w = torch.tensor([1.0, -2.0, 0.0], requires_grad=True)
     v = torch.tensor([[0.5]], requires_grad=True)
-    assert float(backslash_penalty([w], 0.5, 1.0)) == pytest.approx(0.5 * 3)
-    assert float(backslash_penalty([w], 0.5, 2.0)) == pytest.approx(0.5 * 5)
+    assert backslash_penalty([w], 0.5, 1.0).item() == pytest.approx(0.5 * 3)
+    assert backslash_penalty([w], 0.5, 2.0).item() == pytest.approx(0.5 * 5)
     # one shape per tensor: 1 + 2 (nu=1) + 0.5^3 (nu=3)
-    assert float(backslash_penalty([w, v], 1.0, [1.0, 3.0])) == pytest.approx(3.125)
+    assert backslash_penalty([w, v], 1.0, [1.0, 3.0]).item() == pytest.approx(3.125)
     penalty = backslash_penalty([w], 1.0, 0.5)
     (grad,) = torch.autograd.grad(penalty, w)
     # d |w|^0.5 = 0.5 |w|^-0.5 sign(w); exact zero gets 0, not inf
@@ -142,7 +150,7 @@ def test_backslash_term_is_logged_and_sparsifies():
                       nn.functional.cross_entropy, epochs=30,
                       adapters=[BackSlash(lam=lam, update_every=5)], show_progress=False)
         assert "loss/backslash" in history
-        norms[lam] = sum(float(p.abs().sum()) for p in model.parameters() if p.dim() >= 2)
+        norms[lam] = sum(p.detach().abs().sum().item() for p in model.parameters() if p.dim() >= 2)
     assert norms[3e-3] < norms[0.0]
 
 

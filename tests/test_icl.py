@@ -66,12 +66,14 @@ def test_ridge_and_gd_by_hand():
 
 
 def test_ridge_and_gd_approach_least_squares():
-    batch = icl_regression_batch(32, 8, 3, noise_std=0.3, generator=torch.Generator().manual_seed(3),
-                                 dtype=torch.float64)
+    batch = icl_regression_batch(32, 8, 3, noise_std=0.3,
+                                 generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     query = torch.randn(32, 3, dtype=torch.float64)
     ols = ols_predict(batch.xs, batch.ys, query)
     torch.testing.assert_close(ridge_predict(batch.xs, batch.ys, query, lam=1e-9), ols)
-    torch.testing.assert_close(gd_predict(batch.xs, batch.ys, query, steps=2000), ols)
+    largest = float(torch.linalg.eigvalsh(batch.xs.transpose(1, 2) @ batch.xs).max())
+    torch.testing.assert_close(gd_predict(batch.xs, batch.ys, query, steps=3000, lr=1 / largest),
+                               ols)
 
 
 def test_prefix_predictions_use_only_earlier_examples():
@@ -129,18 +131,19 @@ def test_transformer_learns_in_context():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(6)
     model = ICLTransformer(1, max_examples=4, num_layers=1, hidden=16, num_heads=2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(150):
+    for _ in range(200):
         batch = icl_regression_batch(64, 4, 1, generator=g)
         loss = (model(batch) - batch.ys)[:, 1:].pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     # E[y^2] = 1: a model that ignores the context cannot beat 1; one example pins w in 1-D
-    assert sum(losses[-20:]) / 20 < 0.6 * sum(losses[:20]) / 20
+    assert sum(losses[:20]) / 20 > 0.9
+    assert sum(losses[-40:]) / 40 < 0.75
 
 
 @pytest.mark.parametrize("bad", [

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from priorlab.errors import PriorlabError
 from priorlab.functional.distill import distillation_loss

@@ -118,7 +118,7 @@ def gd_predict(x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.
 
     ``lr=None`` takes ``1 / (k + d + 1)`` for a context of ``k`` examples: the step size that
     minimises the expected error of one step for standard normal inputs (then
-    ``E[X^T X X^T X] = k (k + d + 1) I``), and a stable one for more steps.
+    ``E[X^T X X^T X] = k (k + d + 1) I``). Many steps need ``lr < 2 / lambda_max(X^T X)``.
     """
     _check_context(x_context, y_context, x_query)
     _check_count(steps, "steps")

@@ -57,7 +57,7 @@ def num_remembered(batch_size: int, forget_rate: float) -> int:
     """How many samples of a batch are kept: ``floor((1 - forget_rate) * batch_size)``."""
     forget_rate = _check_forget_rate(forget_rate)
     # the small tolerance stops float rounding (1 - 0.9 = 0.0999...) from dropping a sample
-    return int(math.floor((1.0 - forget_rate) * batch_size + 1e-9))
+    return math.floor((1.0 - forget_rate) * batch_size + 1e-9)
 
 
 def small_loss_indices(logits: torch.Tensor, targets: torch.Tensor,

@@ -2,10 +2,10 @@
 penalty and DeepShape reshaping.
 
 Wu et al., "It Takes a Good Model to Train a Good Model: Generalized Gaussian Priors for
-Optimized LLMs", arXiv:2506.00486 (building on BackSlash, arXiv:2504.16968). A zero-mean GG
-with scale ``a`` and shape ``nu`` has density ``nu / (2 a Gamma(1/nu)) exp(-(|w|/a)^nu)`` and
-variance ``a^2 Gamma(3/nu) / Gamma(1/nu)``; ``nu = 2`` is Gaussian, ``nu = 1`` Laplacian,
-``nu < 1`` peakier and heavier-tailed.
+Optimized LLMs", arXiv:2506.00486 (building on "BackSlash: Rate Constrained Optimized Training
+of Large Language Models", 2025). A zero-mean GG with scale ``a`` and shape ``nu`` has density
+``nu / (2 a Gamma(1/nu)) exp(-(|w|/a)^nu)`` and variance ``a^2 Gamma(3/nu) / Gamma(1/nu)``;
+``nu = 2`` is Gaussian, ``nu = 1`` Laplacian, ``nu < 1`` peakier and heavier-tailed.
 
 - :func:`gg_init_`: ``w = a sign(u) G^(1/nu)``, ``G ~ Gamma(1/nu, 1)``, ``a`` set so the
   variance matches a target (by default PyTorch's default Linear/Conv init variance).
@@ -14,12 +14,13 @@ variance ``a^2 Gamma(3/nu) / Gamma(1/nu)``; ``nu = 2`` is Gaussian, ``nu = 1`` L
 - :func:`backslash_penalty`: the rate term ``lam * sum |w|^nu`` (negative log GG prior up to
   scale), which BackSlash adds to the loss with ``nu`` re-estimated during training.
 - :func:`deepshape_`: post-training histogram matching of a tensor to a GG of given shape.
+- :func:`prune_smallest_`: magnitude pruning per tensor, to measure how prunable weights are.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -205,7 +206,7 @@ def prune_smallest_(tensors: Iterable[torch.Tensor], fraction: float) -> int:
     zeroed = 0
     with torch.no_grad():
         for t in tensors:
-            k = int(round(fraction * t.numel()))
+            k = round(fraction * t.numel())
             if k == 0:
                 continue
             mask = torch.zeros(t.numel(), dtype=torch.bool, device=t.device)

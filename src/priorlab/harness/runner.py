@@ -23,7 +23,7 @@ from pathlib import Path
 
 from priorlab.errors import PriorlabError
 from priorlab.harness.claim import TIERS, Claim, RunOutput
-from priorlab.progress import progress
+from priorlab.progress import is_quiet, progress, set_quiet
 from priorlab.registry import MethodCard, all_cards, get
 
 RESULT_KEYS = ("seed_id", "method", "arm", "tier", "seed", "config", "config_hash", "metrics",
@@ -139,7 +139,12 @@ def execute(job: Job) -> dict:
     module = importlib.import_module(f"priorlab.reproductions.{job.module}")
     claim: Claim = module.CLAIM
     start = time.perf_counter()
-    out = module.run(job.arm, dict(job.config), job.seed)
+    was_quiet = is_quiet()
+    set_quiet(True)  # the harness's own bar counts runs; bars inside a run would garble it
+    try:
+        out = module.run(job.arm, dict(job.config), job.seed)
+    finally:
+        set_quiet(was_quiet)
     if not isinstance(out, RunOutput):
         raise PriorlabError(f"{job.module}.run must return a RunOutput, got {type(out).__name__}")
     wanted = {claim.metric, *claim.extra_metrics, *(g.metric for g in claim.guards)}

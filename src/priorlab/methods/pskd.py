@@ -7,7 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from priorlab.errors import PriorlabError
-from priorlab.functional.pskd import check_alpha, pskd_alpha, pskd_loss, soft_cross_entropy
+from priorlab.functional.pskd import (
+    _check_labels,
+    check_alpha,
+    pskd_alpha,
+    pskd_loss,
+    soft_cross_entropy,
+)
 from priorlab.hooks import Adapter, StepContext
 from priorlab.registry import Example, MethodCard, Paper, register
 
@@ -19,7 +25,7 @@ class PSKD(Adapter):
     """Progressive self-knowledge distillation for a loop whose task loss is cross-entropy.
 
     Keeps each training sample's softmax prediction from its last visit (the previous epoch) and
-    returns ``{"pskd": alpha_t * (CE(z, p_prev) - CE(z, y))}``, so that the loop's task loss
+    returns ``{"pskd": alpha_t * (CE(z, p_prev) - CE(z, y))}`` so that the loop's task loss
     ``CE(z, y)`` plus this term is exactly the official PS-KD loss, the cross-entropy with the
     target ``(1 - alpha_t) onehot(y) + alpha_t p_prev``. ``alpha_t = alpha_T (t + 1) / T`` with
     ``t`` the number of finished epochs (counted here, saved in ``state_dict``) and
@@ -34,7 +40,8 @@ class PSKD(Adapter):
                 raise PriorlabError(f"PS-KD {name} must be an integer >= {low}, got {value!r}; "
                                     "pass len(train_set), the number of classes and the number "
                                     "of training epochs")
-        self.num_samples, self.num_classes, self.total_epochs = num_samples, num_classes, total_epochs
+        self.num_samples, self.num_classes = num_samples, num_classes
+        self.total_epochs = total_epochs
         self.alpha_T = check_alpha(alpha_T, "alpha_T")
         self.predictions = torch.zeros(num_samples, num_classes)
         self.seen = torch.zeros(num_samples, dtype=torch.bool)
@@ -69,14 +76,18 @@ class PSKD(Adapter):
                                 f"outputs {got}; pass num_classes equal to the model's outputs")
         indices = self._batch_indices(ctx).to(self.predictions.device)
         past = self.predictions[indices].to(logits.device, logits.dtype)
-        if not torch.is_tensor(labels) or labels.is_floating_point() or labels.ndim != 1:
-            raise PriorlabError("PS-KD needs integer class labels of shape (batch,) as targets")
+        _check_labels(labels, self.num_classes, logits.shape[0])
+        if not torch.isfinite(logits).all():
+            raise PriorlabError("PS-KD got NaN or infinite logits; lower the learning rate or "
+                                "check the inputs")
+        onehot = F.one_hot(labels.long(), self.num_classes).to(past.dtype)
         # a sample not predicted yet (first epoch) has its label as "previous prediction"
         unseen = ~self.seen[indices].to(logits.device)
-        onehot = F.one_hot(labels.long().clamp(0, self.num_classes - 1),
-                           self.num_classes).to(past.dtype)
         past = torch.where(unseen.unsqueeze(1), onehot, past)
-        term = self.alpha * (pskd_loss(logits, labels, past, 1.0) - F.cross_entropy(logits, labels))
+        # CE(y) + alpha * H(p_prev - onehot(y), q) = CE((1 - alpha) onehot(y) + alpha p_prev, q);
+        # written with the difference so that the term is exactly 0 where p_prev = onehot(y)
+        log_probs = F.log_softmax(logits, dim=1)
+        term = -self.alpha * ((past - onehot) * log_probs).sum(dim=1).mean()
         self.predictions[indices] = F.softmax(logits.detach(), dim=1).to(self.predictions)
         self.seen[indices] = True
         return {"pskd": term}
@@ -150,7 +161,8 @@ def _example() -> Example:
         bad_args=(lambda: PSKD(num_samples=0, num_classes=3, total_epochs=10),
                   lambda: PSKD(8, 3, total_epochs=0),
                   lambda: PSKD(8, 3, total_epochs=10, alpha_T=1.5),
-                  lambda: pskd_loss(torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(2, 4), 0.5),
+                  lambda: pskd_loss(torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(2, 4),
+                                    0.5),
                   lambda: soft_cross_entropy(torch.zeros(2, 3), torch.full((2, 3), 0.5))),
     )
 

@@ -131,7 +131,7 @@ register(MethodCard(
     paper=Paper(
         title="Random Teachers are Good Teachers",
         authors="Felix Sarnthein et al.", venue="ICML", year=2023, arxiv="2302.12091",
-        code_url="https://github.com/safelix/dinopl", licence="no licence file found",
+        code_url="https://github.com/safelix/dinopl", licence="not stated (no licence file seen)",
         seed_id=5),
     summary=("A student (encoder + DINO head) is trained to match a frozen, randomly initialised "
              "teacher of the same architecture on the same un-augmented input, minimising "
@@ -152,7 +152,8 @@ register(MethodCard(
                 "instead of 100+ epochs, and probes with a closed-form-fitted L-BFGS logistic "
                 "probe on standardised features instead of an SGD-trained linear layer."),
     claim_scope=("Paper: ResNet18 / VGG11 on CIFAR-10/100, STL-10, TinyImageNet; the student's "
-                 "probe accuracy is well above its random teacher's; distilling on Gaussian-noise inputs gives little gain; initialising the "
+                 "probe accuracy is well above its random teacher's; distilling on Gaussian-noise "
+                 "inputs gives little gain; initialising the "
                  "student near the teacher amplifies the gain. Here: a 2-layer MLP encoder on "
                  "a Fashion-MNIST subset, a short CPU budget; we test the direction of each "
                  "effect, not the CIFAR numbers."),

@@ -21,7 +21,7 @@ with ``torch.nn.utils.parametrize.register_parametrization(module, "weight", ...
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

@@ -12,7 +12,8 @@ an l2-normalised bottleneck, and a bias-free linear map whose weight rows are l2
 
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ class DinoHead(nn.Module):
         _positive_int("bottleneck_dim", bottleneck_dim)
         dims = [embed_dim] + [_positive_int("hidden_dims entry", h) for h in hidden_dims]
         layers: list[nn.Module] = []
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in itertools.pairwise(dims):
             layers += [nn.Linear(d_in, d_out), nn.GELU()]
         self.embed_dim = embed_dim
         self.mlp = nn.Sequential(*layers)

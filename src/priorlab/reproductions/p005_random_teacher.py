@@ -34,7 +34,8 @@ from priorlab.train import fit
 ARMS = ("raw", "teacher", "student", "noise_student", "near_init_student")
 TRAINED = {"student": "random", "noise_student": "random", "near_init_student": "neighbourhood"}
 
-_COMMON = dict(tau_s=1.0, tau_t=1.0, lr=1e-3, batch_size=128, eps=0.1, knn_k=20, probe_l2=1e-3)
+_COMMON = {"tau_s": 1.0, "tau_t": 1.0, "lr": 1e-3, "batch_size": 128, "eps": 0.1, "knn_k": 20,
+           "probe_l2": 1e-3}
 
 CLAIM = Claim(
     seed_id=5,
@@ -92,8 +93,8 @@ def _data(name: str, n_distill, n_probe, n_test):
 
     n_distill = n_distill or len(x)
     n_probe = n_probe or len(x)
-    return dict(distill=prep(data.x_train[:n_distill]), probe_x=prep(data.x_train[:n_probe]),
-                probe_y=data.y_train[:n_probe], test_x=prep(data.x_test), test_y=data.y_test)
+    return {"distill": prep(data.x_train[:n_distill]), "probe_x": prep(data.x_train[:n_probe]),
+                "probe_y": data.y_train[:n_probe], "test_x": prep(data.x_test), "test_y": data.y_test}
 
 
 def _model(in_dim: int, cfg: dict) -> DinoModel:

@@ -28,7 +28,7 @@ from priorlab.train import fit
 ARMS = ("pre_projection", "post_projection", "no_head")
 FASHION_COARSE = (0, 1, 0, 0, 0, 2, 0, 2, 3, 2)  # tops, trousers, shoes, bags
 
-_COMMON = dict(temperature=0.07, lr=1e-3, batch_size=256, probe_l2=1e-3)
+_COMMON = {"temperature": 0.07, "lr": 1e-3, "batch_size": 256, "probe_l2": 1e-3}
 
 CLAIM = Claim(
     seed_id=38,
@@ -79,10 +79,10 @@ def _data(name: str, n_train, n_probe, n_test):
     x = data.x_train.flatten(1)
     mean, std = x.mean(), x.std()
     n_probe = n_probe or len(x)
-    return dict(x=(x - mean) / std, coarse=_coarse(name, data.y_train),
-                probe_x=(x[:n_probe] - mean) / std, probe_y=data.y_train[:n_probe],
-                test_x=(data.x_test.flatten(1) - mean) / std, test_y=data.y_test,
-                test_coarse=_coarse(name, data.y_test), probe_coarse=_coarse(name, data.y_train[:n_probe]))
+    return {"x": (x - mean) / std, "coarse": _coarse(name, data.y_train),
+                "probe_x": (x[:n_probe] - mean) / std, "probe_y": data.y_train[:n_probe],
+                "test_x": (data.x_test.flatten(1) - mean) / std, "test_y": data.y_test,
+                "test_coarse": _coarse(name, data.y_test), "probe_coarse": _coarse(name, data.y_train[:n_probe])}
 
 
 def _encoder(in_dim: int, widths) -> nn.Sequential:

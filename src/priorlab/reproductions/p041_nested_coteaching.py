@@ -11,8 +11,8 @@ and class-dependent (asymmetric) noise; validation and test labels stay clean:
 - ``coteaching``: two plain networks trained from scratch with Co-teaching (the forget rate
   rises from 0 over the first epochs), the same schedule as the single networks.
 - ``nested_coteaching``: two nested networks from stage one (independent initialisations), then
-  fine-tuned with Co-teaching at 1/100 of the learning rate and a constant forget rate
-  (``co_teaching_resnet/main.py`` with ``--resumePthList``, CIFAR commands).
+  fine-tuned with Co-teaching at 1/100 of the learning rate, a constant forget rate and frozen
+  batch norm (``co_teaching_resnet/main.py`` with ``--resumePthList``, CIFAR commands).
 
 Co-teaching as in ``co_teaching_resnet/train.py``: each batch is split in two halves; each
 network ranks its own half by cross-entropy in eval mode (nested networks at the current
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from functools import lru_cache
 
 import torch
@@ -38,7 +37,11 @@ from priorlab.data.noise import asymmetric_noise, symmetric_noise
 from priorlab.errors import did_you_mean
 from priorlab.functional.coteaching import forget_rate_schedule, small_loss_indices
 from priorlab.harness.claim import Claim, Comparison, RunOutput
-from priorlab.nn.nested_dropout import NestedDropout, best_truncation, logits_at_every_truncation
+from priorlab.nn.nested_dropout import (
+    NestedDropout,
+    best_truncation,
+    logits_at_every_truncation,
+)
 from priorlab.seed import seed_everything
 
 METHODS = ("ce", "dropout", "nested", "coteaching", "nested_coteaching")
@@ -50,11 +53,11 @@ ARMS = {f"{method}_{noise}": (method, noise) for noise in NOISES for method in M
 FASHION_ASYMMETRIC = {0: 6, 6: 0, 2: 4, 4: 2, 5: 7}
 ASYMMETRIC_MAPPINGS = {"digits": "digits", "fashion-mnist": FASHION_ASYMMETRIC}
 
-_OFFICIAL = dict(lr=0.1, momentum=0.9, weight_decay=5e-4,
-                 # lr x0.1 at 200/350 and 300/350 of training; warm-up 6000 of ~55k iterations
-                 milestones=(200 / 350, 300 / 350), warmup_fraction=0.11,
-                 dropout=0.3, sigma=10.0,  # CIFAR-10 commands: --dropout 0.3 / --nested 10
-                 finetune_lr_factor=0.01, finetune_fraction=100 / 350)  # 1e-3 for 100 epochs
+_OFFICIAL = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+             # lr x0.1 at 200/350 and 300/350 of training; warm-up 6000 of ~55k iterations
+             "milestones": (200 / 350, 300 / 350), "warmup_fraction": 0.11,
+             "dropout": 0.3, "sigma": 10.0,  # CIFAR-10 commands: --dropout 0.3 / --nested 10
+             "finetune_lr_factor": 0.01, "finetune_fraction": 100 / 350}  # lr 1e-3, 100 epochs
 
 # (method, baseline, min_effect): half the smallest gap the paper reports for that pair
 # (Clothing1M / ANIMAL-10N: vs CE 7.7 / 4.7 points, vs Co-teaching 5.7, vs Nested 1.8 / 2.8,
@@ -74,11 +77,13 @@ CLAIM = Claim(
         "full": ("Fashion-MNIST, 2,048 training images with 40% symmetric noise (~36% wrong "
                  "labels) or 40% class-dependent noise (T-shirt<->shirt, pullover<->coat, "
                  "sandal->sneaker; ~20% wrong), 1,000 clean validation and 5,000 clean test "
-                 "images. MLP 784-256-64 feature, bias-free linear classifier, no augmentation; "
+                 "images. MLP 784-256-64 feature (batch norm before each ReLU, as in the "
+                 "ResNets), bias-free linear classifier, no augmentation; "
                  "30 stage-one epochs of 16 steps (batch 128, SGD lr 0.1, momentum 0.9, weight "
                  "decay 5e-4, warm-up 11%, lr x0.1 at 57% and 86%), dropout 0.3, nested sigma "
                  "10, Co-teaching from scratch with the forget rate ramped over 5 epochs, "
-                 "fine-tuning 9 epochs at lr 1e-3 (x0.1 halfway), forget rate = noise rate. "
+                 "fine-tuning 9 epochs at lr 1e-3 (x0.1 halfway, batch norm frozen), forget "
+                 "rate = noise rate. "
                  "Changed from the paper (ResNet-18 on CIFAR / Clothing1M, hundreds of epochs): "
                  "a small MLP and budget that fit a CPU."),
     },
@@ -149,7 +154,8 @@ def _truncation_logits(nets, x) -> torch.Tensor:
         net.eval()
     with torch.no_grad():
         if nets[0].nested:
-            return sum(logits_at_every_truncation(net.body(x), net.head) for net in nets) / len(nets)
+            total = sum(logits_at_every_truncation(net.body(x), net.head) for net in nets)
+            return total / len(nets)
         return (sum(net(x) for net in nets) / len(nets)).unsqueeze(0)
 
 
@@ -219,8 +225,9 @@ class _BestSnapshot:
 
 @lru_cache(maxsize=16)
 def _stage_one(cfg_json: str, noise: str, seed: int, compression: str, member: int):
-    """One network trained with cross-entropy on the noisy labels (memoised: the nested arm and
-    both stage-one members of nested_coteaching share it); deterministic given the arguments."""
+    """One network trained with cross-entropy on the noisy labels: its best-validation snapshot,
+    validation curve and last-epoch test accuracy. Deterministic given the arguments, and
+    memoised because the nested arm and nested_coteaching's first member are the same run."""
     cfg = json.loads(cfg_json)
     data = _data(cfg["dataset"], cfg["n_train"], cfg["n_val"], cfg["n_test"])
     noisy, _ = _noisy_labels(data, cfg, noise, seed)
@@ -244,14 +251,22 @@ def _stage_one(cfg_json: str, noise: str, seed: int, compression: str, member: i
         acc, kept = _validate([net], data)
         val_curve.append(acc)
         best.offer([net], acc, kept, epoch + 1)
-    last_test = _test_accuracy([net], data)
-    return best, val_curve, last_test, copy.deepcopy(net.state_dict())
+    return best, val_curve, _test_accuracy([net], data)
 
 
 def _coteach(nets, data: ImageData, noisy: torch.Tensor, cfg: dict, *, lr: float, epochs: int,
              num_gradual: int, warmup_fraction: float, milestones, forget_rate: float,
-             gen: torch.Generator, best: _BestSnapshot, epoch_offset: int) -> list[float]:
-    """Co-teaching epochs as in the official ``TrainEpoch``; returns the validation curve."""
+             gen: torch.Generator, best: _BestSnapshot, epoch_offset: int,
+             freeze_bn: bool) -> list[float]:
+    """Co-teaching epochs as in the official ``TrainEpoch``; returns the validation curve.
+
+    ``freeze_bn`` keeps batch norm in eval mode with fixed affine parameters (``--freeze-bn``).
+    """
+    batch_norms = [m for net in nets for m in net.modules() if isinstance(m, nn.BatchNorm1d)]
+    if freeze_bn:
+        for bn in batch_norms:
+            bn.weight.requires_grad_(False)
+            bn.bias.requires_grad_(False)
     optimizers = [_sgd(net, cfg) for net in nets]
     half = cfg["batch_size"] // 2
     schedule = _Schedule(optimizers, lr, epochs, len(noisy) // cfg["batch_size"], milestones,
@@ -269,6 +284,9 @@ def _coteach(nets, data: ImageData, noisy: torch.Tensor, cfg: dict, *, lr: float
                 kept = [small_loss_indices(net(x), y, rate) for net, (x, y) in zip(nets, halves)]
             for net in nets:
                 net.train()
+            if freeze_bn:
+                for bn in batch_norms:
+                    bn.eval()
             for net, optimizer, (x, y), keep in zip(nets, optimizers, halves[::-1], kept[::-1]):
                 loss = F.cross_entropy(net(x[keep]), y[keep])  # taught by the peer's selection
                 optimizer.zero_grad(set_to_none=True)
@@ -295,7 +313,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
 
     if method in ("ce", "dropout", "nested"):
         compression = {"ce": "none", "dropout": "dropout", "nested": "nested"}[method]
-        best, val_curve, last_test, _ = _stage_one(cfg_json, noise, seed, compression, member=0)
+        best, val_curve, last_test = _stage_one(cfg_json, noise, seed, compression, member=0)
         net = _Classifier(in_features, cfg, data.num_classes, compression, seed)
         test_acc = best.test_accuracy([net], data)  # the snapshot carries the validated K
         x = list(range(1, epochs + 1))
@@ -308,16 +326,18 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
                              num_gradual=cfg["num_gradual"],
                              warmup_fraction=cfg["warmup_fraction"],
                              milestones=cfg["milestones"], forget_rate=noise_rate, gen=gen,
-                             best=best, epoch_offset=0)
+                             best=best, epoch_offset=0, freeze_bn=False)
         last_test = _test_accuracy(nets, data)
         test_acc = best.test_accuracy(nets, data)
         x = list(range(1, epochs + 1))
     else:
         members = [_stage_one(cfg_json, noise, seed, "nested", member=i)[0] for i in range(2)]
-        nets = [_Classifier(in_features, cfg, data.num_classes, "nested", 0) for _ in members]
-        # each member's best-validation checkpoint, as the official fine-tuning resumes from
-        info["stage_one_test_acc"] = [m.test_accuracy([net], data)
-                                      for m, net in zip(members, nets)]
+        nets = []
+        for member in members:  # the official fine-tuning resumes from the best checkpoints
+            net = _Classifier(in_features, cfg, data.num_classes, "nested", seed)
+            net.load_state_dict(member.states[0])
+            nets.append(net)
+        info["stage_one_test_acc"] = [_test_accuracy([net], data) for net in nets]
         gen = seed_everything(1000 * seed + 3)
         best = _BestSnapshot()
         acc, kept = _validate(nets, data)  # the official run evaluates the pair before training
@@ -326,7 +346,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
         curve = _coteach(nets, data, noisy, cfg, lr=cfg["lr"] * cfg["finetune_lr_factor"],
                          epochs=finetune_epochs, num_gradual=0, warmup_fraction=0.0,
                          milestones=(0.5,), forget_rate=noise_rate, gen=gen, best=best,
-                         epoch_offset=epochs)
+                         epoch_offset=epochs, freeze_bn=True)
         last_test = _test_accuracy(nets, data)
         test_acc = best.test_accuracy(nets, data)
         val_curve = _stage_one(cfg_json, noise, seed, "nested", member=0)[1] + curve

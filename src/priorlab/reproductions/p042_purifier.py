@@ -28,9 +28,9 @@ from priorlab.seed import seed_everything
 
 ARMS = ("none", "autoencoder", "quantised")
 
-_COMMON = dict(dataset="digits", classifier_hidden=[128], classifier_epochs=40,
-               purifier_hidden=256, latent=16, quant_step=0.5, kl_weight=1.0, lr=1e-3,
-               batch_size=64, eps=0.1, pgd_alpha=0.0125, eot=8)
+_COMMON = {"dataset": "digits", "classifier_hidden": [128], "classifier_epochs": 40,
+               "purifier_hidden": 256, "latent": 16, "quant_step": 0.5, "kl_weight": 0.1, "lr": 1e-3,
+               "batch_size": 64, "eps": 0.1, "pgd_alpha": 0.0125, "eot": 8}
 
 CLAIM = Claim(
     seed_id=42,
@@ -44,7 +44,10 @@ CLAIM = Claim(
                   "plumbing only."),
         "full": ("scikit-learn 8x8 digits (1,078 train / 360 test), classifier MLP 64-128-10 "
                  "(Adam 1e-3, 40 epochs); purifiers MLP 64-256-256-16 (+ mirror decoder), 60 "
-                 "epochs of Adam 1e-3 on clean images with BCE + KL; quantisation step 0.5. "
+                 "epochs of Adam 1e-3 on clean images with BCE + 0.1 KL; quantisation step 0.5 "
+                 "(KL weight and step chosen on the validation set's clean purified accuracy, "
+                 "before any attack was run: with KL weight 1 the Lipschitz-1 encoder gives only "
+                 "~45% clean accuracy). "
                  "l_inf eps 0.1; PGD 20 steps of 0.0125 with random start; adaptive PGD = "
                  "BPDA + EOT over 8 latent samples per step."),
     },

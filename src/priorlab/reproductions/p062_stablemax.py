@@ -48,7 +48,7 @@ CLAIM = Claim(
                "from generalising, while StableMax cross-entropy (still no regularisation) and "
                "perpGrad (⊥AdamW) make it generalise."),
     setting={
-        "smoke": ("addition mod 23, 40% train split, MLP [200, 200] no bias, full batch, 200 "
+        "smoke": ("addition mod 23, 40% train split, MLP [200, 200] no bias, full batch, 120 "
                   "epochs per arm (perpGrad 100); checks the pipeline only."),
         "full": ("addition mod 59 (the paper uses 113; 59 is the largest modulus whose runs fit "
                  "the CPU budget), 40% of the 3,481 pairs for training (seeded split per seed), "
@@ -71,7 +71,7 @@ CLAIM = Claim(
                    min_effect=0.5),
     ),
     tiers={
-        "smoke": {"p": 23, "train_fraction": 0.4, "hidden": [200, 200], "epochs": 200,
+        "smoke": {"p": 23, "train_fraction": 0.4, "hidden": [200, 200], "epochs": 120,
                   "perpgrad_epochs": 100, "eval_points": 12},
         "full": {"p": 59, "train_fraction": 0.4, "hidden": [200, 200], "epochs": 4000,
                  "perpgrad_epochs": 300, "eval_points": 40},

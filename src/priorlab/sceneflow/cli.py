@@ -32,13 +32,13 @@ _FIT_NOTE = ("The flow is fitted on the filtered clouds (--max-range crop, --rem
 # --------------------------------------------------------------------------------------------
 
 
-def _add_fit_options(p, *, points=None, max_iters=None, method="nsfp", methods=METHODS):
+def _add_fit_options(p, *, points=8192, max_iters=None, method="nsfp", methods=METHODS):
     p.add_argument("--method", default=method, choices=methods,
                    help=f"nsfp = Neural Scene Flow Prior (Li et al. 2021), fast = Fast Neural Scene Flow "
                         f"(Li et al. 2023, distance-transform loss), free = per-point free variables (default {method})")
     p.add_argument("--points", type=int, default=points, metavar="N",
-                   help="fit on a random subsample of N points per cloud (default: "
-                        + ("all" if points is None else str(points)) + ")")
+                   help=f"fit on a random subsample of N points per cloud; 0 = all points, slow on CPU for "
+                        f"full sweeps (default {points})")
     p.add_argument("--max-iters", type=int, default=max_iters, metavar="K",
                    help="optimisation steps per pair (default: the method's own" + ("" if max_iters is None else f"; here {max_iters}") + ")")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -136,8 +136,10 @@ def run_flow(args) -> int:
 
 
 def _check_fit_args(args):
-    if args.points is not None and args.points < 1:
-        raise PriorlabError(f"--points must be >= 1, got {args.points}")
+    if args.points is not None and args.points < 0:
+        raise PriorlabError(f"--points must be >= 2 (or 0 for all points), got {args.points}")
+    if args.points == 0:
+        args.points = None
     if args.max_iters is not None and args.max_iters < 1:
         raise PriorlabError(f"--max-iters must be >= 1, got {args.max_iters}")
     if args.threads is not None and args.threads < 1:

@@ -1,0 +1,113 @@
+"""rRCM losses: Lei et al., "Robust Representation Consistency Model via Contrastive Denoising"
+(arXiv:2501.13094; official code github.com/jiachenlei/rRCM).
+
+Pretraining aligns representations along a noising trajectory ``x_t = x + sigma_t * eps`` on
+the Karras grid ``sigma_i = (s_max^(1/rho) + i/(N-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``:
+
+- instance discrimination between two augmented views at the smallest noise level, online
+  encoder against an EMA target (InfoNCE, temperature tau);
+- consistency between temporally adjacent points ``x_{t_i}`` and ``x_{t_{i+1}}`` (same noise
+  ``eps``), online against its own detached output (InfoNCE over the batch).
+
+Fine-tuning under Gaussian noise adds the consistency regulariser of Jeong & Shin
+(arXiv:2006.04062): ``lbd * mean_j KL(avg || p_j) + eta * H(avg)`` over ``m`` noisy copies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from priorlab.errors import PriorlabError
+
+
+def karras_sigmas(num_scales: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                  rho: float = 7.0) -> torch.Tensor:
+    """The noise levels, from ``sigma_max`` (index 0) down to ``sigma_min`` (index N-1)."""
+    if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 2:
+        raise PriorlabError(f"num_scales must be an integer >= 2, got {num_scales!r}")
+    if not 0 < sigma_min < sigma_max or not math.isfinite(sigma_max) or rho <= 0:
+        raise PriorlabError(f"need 0 < sigma_min < sigma_max (finite) and rho > 0, got "
+                            f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}, rho={rho!r}")
+    ramp = torch.arange(num_scales, dtype=torch.float64) / (num_scales - 1)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return ((hi + ramp * (lo - hi)) ** rho).float()
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
+    """Per-example InfoNCE: row i of ``key`` is the positive of row i of ``query``, the other
+    rows are negatives; cosine similarities over temperature ``tau``. Returns shape (batch,)."""
+    if query.ndim < 2 or query.shape != key.shape:
+        raise PriorlabError(f"info_nce needs query and key of the same shape (batch, dim), got "
+                            f"{tuple(query.shape)} and {tuple(key.shape)}")
+    if not isinstance(tau, (int, float)) or not tau > 0:
+        raise PriorlabError(f"InfoNCE temperature tau must be > 0, got {tau!r}")
+    q = F.normalize(query.flatten(1), dim=1)
+    k = F.normalize(key.flatten(1), dim=1)
+    logits = q @ k.T / tau
+    return torch.logsumexp(logits, dim=1) - logits.diagonal()
+
+
+def rrcm_pretrain_loss(encoder: nn.Module, target_encoder: nn.Module, x: torch.Tensor,
+                       view_a: torch.Tensor, view_b: torch.Tensor, sigmas: torch.Tensor,
+                       indices: torch.Tensor, tau: float = 0.2,
+                       noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The two rRCM pretraining terms, averaged over the batch.
+
+    ``encoder(x_noisy, sigma)`` must return ``(contrastive_projection, consistency_projection)``
+    (two heads on a shared trunk). ``indices`` (batch,) pick ``sigma_i`` and its neighbour
+    ``sigma_{i+1}`` (so each index must be <= N-2); ``view_a`` / ``view_b`` are two augmentations
+    of ``x``, compared at the smallest noise level ``sigmas[-1]``.
+    """
+    if indices.is_floating_point() or indices.shape != (len(x),):
+        raise PriorlabError(f"indices must be integers, one per example ({len(x)}), got "
+                            f"{tuple(indices.shape)} {indices.dtype}")
+    if len(indices) and (indices.min() < 0 or indices.max() > len(sigmas) - 2):
+        raise PriorlabError(f"indices must lie in [0, {len(sigmas) - 2}] so that each has a "
+                            "neighbouring, smaller noise level")
+    if view_a.shape != x.shape or view_b.shape != x.shape:
+        raise PriorlabError("view_a and view_b must have the shape of x (two augmentations of it)")
+    if noise is None:
+        noise = torch.randn_like(x)
+    expand = (-1,) + (1,) * (x.ndim - 1)
+    sigma_min = sigmas[-1].expand(len(x))
+    h_online = encoder(view_a + sigma_min.view(expand) * noise, sigma_min)[0]
+    with torch.no_grad():
+        h_target = target_encoder(view_b + sigma_min.view(expand) * noise, sigma_min)[0]
+    contrastive = info_nce(h_online, h_target, tau)
+    s_far, s_near = sigmas[indices], sigmas[indices + 1]
+    h_far = encoder(x + s_far.view(expand) * noise, s_far)[1]
+    with torch.no_grad():
+        h_near = encoder(x + s_near.view(expand) * noise, s_near)[1]
+    consistency = info_nce(h_far, h_near, tau)
+    return {"contrastive": contrastive.mean(), "consistency": consistency.mean()}
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
+    """``target <- decay * target + (1 - decay) * online``, parameter by parameter."""
+    if not 0 <= decay <= 1:
+        raise PriorlabError(f"EMA decay must lie in [0, 1], got {decay!r}")
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.mul_(decay).add_(o.detach(), alpha=1 - decay)
+    for t, o in zip(target.buffers(), online.buffers()):
+        t.copy_(o)
+
+
+def noise_consistency_loss(logits: list[torch.Tensor] | tuple[torch.Tensor, ...],
+                           lbd: float = 20.0, eta: float = 0.5) -> torch.Tensor:
+    """Jeong & Shin's consistency term over ``m >= 2`` logit batches of noisy copies:
+    ``lbd * mean_j KL(avg_softmax || softmax_j) + eta * H(avg_softmax)``, averaged over the batch."""
+    if len(logits) < 2 or any(lg.shape != logits[0].shape or lg.ndim != 2 for lg in logits):
+        raise PriorlabError("noise_consistency_loss needs >= 2 logit batches of the same shape "
+                            "(batch, classes), one per noisy copy")
+    if lbd < 0 or eta < 0:
+        raise PriorlabError(f"lbd and eta must be >= 0, got lbd={lbd!r}, eta={eta!r}")
+    avg = sum(F.softmax(lg, dim=1) for lg in logits) / len(logits)
+    kl = sum(F.kl_div(F.log_softmax(lg, dim=1), avg, reduction="none").sum(1)
+             for lg in logits) / len(logits)
+    entropy = -(avg * torch.log(avg.clamp(min=1e-20))).sum(1)
+    return (lbd * kl + eta * entropy).mean()

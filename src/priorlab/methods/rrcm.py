@@ -1,0 +1,123 @@
+"""Paper card (seed 27): rRCM, noise-conditioned encoder + contrastive-denoising pretraining."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from priorlab.errors import PriorlabError
+from priorlab.functional.rrcm import rrcm_pretrain_loss
+from priorlab.registry import MethodCard, Paper, register
+
+
+class NoiseConditionedEncoder(nn.Module):
+    """MLP trunk on ``c_in(sigma) * x`` and ``c_noise = log(sigma) / 4`` (the official
+    EDM-style preconditioning, ``c_in = 1 / sqrt(sigma^2 + sigma_data^2)``), with two projection
+    heads: ``forward`` returns (contrastive projection, consistency projection)."""
+
+    def __init__(self, in_features: int, hidden: int = 256, proj_dim: int = 64,
+                 sigma_data: float = 0.5):
+        super().__init__()
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise PriorlabError(f"in_features must be an integer >= 1, got {in_features!r}")
+        self.in_features, self.hidden, self.sigma_data = in_features, hidden, sigma_data
+        self.trunk = nn.Sequential(nn.Linear(in_features + 1, hidden), nn.ReLU(),
+                                   nn.Linear(hidden, hidden), nn.ReLU())
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, proj_dim))
+            for _ in range(2))
+
+    def features(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        flat = x.reshape(len(x), -1)
+        if flat.shape[1] != self.in_features:
+            raise PriorlabError(f"encoder built for {self.in_features} features, got inputs of "
+                                f"shape {tuple(x.shape)}")
+        sigma = torch.as_tensor(sigma, dtype=flat.dtype).expand(len(x)).reshape(-1, 1)
+        c_in = (sigma ** 2 + self.sigma_data ** 2).rsqrt()
+        return self.trunk(torch.cat([c_in * flat, 0.25 * sigma.log()], dim=1))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float):
+        h = self.features(x, sigma)
+        return self.heads[0](h), self.heads[1](h)
+
+
+class NoisyClassifier(nn.Module):
+    """Linear head on the encoder's features at a fixed noise level ``sigma``: the base
+    classifier of randomised smoothing (it sees ``x + sigma * eps`` and knows ``sigma``)."""
+
+    def __init__(self, encoder: NoiseConditionedEncoder, num_classes: int, sigma: float):
+        super().__init__()
+        self.encoder, self.sigma = encoder, float(sigma)
+        self.head = nn.Linear(encoder.hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.features(x, self.sigma))
+
+
+USAGE = """\
+import copy
+import torch
+import torch.nn.functional as F
+from priorlab.functional.rrcm import (ema_update, karras_sigmas, noise_consistency_loss,
+                                      rrcm_pretrain_loss)
+from priorlab.methods.rrcm import NoiseConditionedEncoder, NoisyClassifier
+from priorlab.robust import certify
+
+torch.manual_seed(0)
+x, y = torch.rand(32, 64), torch.randint(0, 10, (32,))
+encoder = NoiseConditionedEncoder(64, hidden=32, proj_dim=16)
+target = copy.deepcopy(encoder).requires_grad_(False)
+sigmas = karras_sigmas(20, sigma_min=0.002, sigma_max=4.0)
+opt = torch.optim.Adam(encoder.parameters(), lr=1e-3)
+for step in range(3):                                   # 1) unlabelled pretraining
+    view_a, view_b = x + 0.02 * torch.randn_like(x), x + 0.02 * torch.randn_like(x)
+    idx = torch.randint(0, len(sigmas) - 1, (len(x),))
+    terms = rrcm_pretrain_loss(encoder, target, x, view_a, view_b, sigmas, idx, tau=0.2)
+    opt.zero_grad(); sum(terms.values()).backward(); opt.step()
+    ema_update(target, encoder, decay=0.99)
+model = NoisyClassifier(encoder, 10, sigma=0.5)         # 2) noisy fine-tuning
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+for step in range(3):
+    logits = [model(x + 0.5 * torch.randn_like(x)) for _ in range(2)]
+    loss = sum(F.cross_entropy(lg, y) for lg in logits) / 2 + noise_consistency_loss(logits)
+    opt.zero_grad(); loss.backward(); opt.step()
+label, radius = certify(model.eval(), x[0], sigma=0.5, n0=10, n=50, alpha=0.001, batch=50)
+"""
+
+register(MethodCard(
+    id="rrcm",
+    name="rRCM (robust representation consistency model)",
+    family="N: noisy labels, distillation, robustness",
+    kind="function",
+    paper=Paper(
+        title="Robust Representation Consistency Model via Contrastive Denoising",
+        authors="Jiachen Lei et al.", venue="arXiv", year=2025, arxiv="2501.13094",
+        code_url="https://github.com/jiachenlei/rRCM", licence="not stated in the repository",
+        seed_id=27),
+    summary=("Pretrain a noise-conditioned encoder so that representations are consistent along "
+             "the noising trajectory x + sigma_t eps: InfoNCE between adjacent noise levels "
+             "(same eps) plus InfoNCE between two augmented views against an EMA target; then "
+             "fine-tune under Gaussian noise with cross-entropy + Jeong & Shin's consistency "
+             "term, and certify with randomised smoothing in a single pass per sample."),
+    usage=USAGE,
+    hyperparameters=("Official (configs/cifar10_pretrain.py, rcm/rcm_denoiser.py, rrcm_tune.py): "
+                     "Karras grid sigma_min 0.002, sigma_max 80, rho 7, 20 -> 80 scales; "
+                     "sigma_data 0.5; InfoNCE tau 0.2; EMA target 0.99 -> 0.9999; pretrain lr "
+                     "1e-4; fine-tune AdamW lr 2e-4, m = 2 noisy copies, consistency lbd 10 "
+                     "(sigma 0.25) / 20 (sigma 0.5, 1.0), eta 0.5. Data in [-1, 1], so the "
+                     "official noise_aug 1.0 is sigma 0.5 in [0, 1] pixels."),
+    deviations=("MLP encoder (time condition concatenated as log(sigma)/4) instead of a ViT-B; "
+                "sigma_max 4 for [0, 1] 8x8 images (80 in [-1, 1] is far past pure noise for "
+                "64 pixels); a fixed 20-scale grid (no 20 -> 80 curriculum); a fixed EMA 0.99; "
+                "views made by 1-pixel shifts and Gaussian jitter instead of random resized "
+                "crops; Adam 1e-3 and short schedules; fine-tuning starts a new linear head "
+                "with default init (official: trunc-normal std 2e-5) and uses no mixup."),
+    claim_scope=("Paper: ViT-B on CIFAR-10 and ImageNet, 100k smoothing samples; certified "
+                 "accuracy above diffusion-purification and Gaussian-augmentation baselines at "
+                 "all radii. Here: 8x8 digits, sigma 0.5, n = 500 samples, against Gaussian "
+                 "augmentation (Cohen et al.) with the same network."),
+    component=rrcm_pretrain_loss,
+    adapter=None,
+    reproduction="p027_rrcm",
+    tags=("certified robustness", "randomised smoothing", "contrastive", "self-supervised"),
+))
