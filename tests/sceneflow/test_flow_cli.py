@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -154,3 +155,27 @@ def test_parser_wiring_and_module_entry_point(files):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]]  # one line, no traceback
     assert r.stderr.startswith("error: ") and "not found" in r.stderr
+
+
+def test_accumulate_real_kitti_scans_with_icp_poses(sceneflow_data, tmp_path):
+    """6 real KITTI scans + the shared ICP poses (text file with frame numbers and a comment line):
+    static structure lines up after accumulation (skips when the shared data are absent)."""
+    from scipy.spatial import cKDTree
+
+    k = sceneflow_data / "kitti_velodyne_seq6_patchworkpp"
+    frames = [str(k / f"00000{i}.bin") for i in range(6)]
+    poses = str(k / "icp_poses_frame_k_to_frame0.txt")
+    if not all(Path(f).exists() for f in frames + [poses]):
+        pytest.skip(f"KITTI sample scans not found in {k}")
+    out = tmp_path / "kitti.npz"
+    assert main(["flow", "accumulate", *frames, "--poses", poses, "--method", "none", "--out", str(out), "--quiet"]) == 0
+    z = np.load(out)
+    pts, fr = z["points"], z["frame"]
+    assert set(np.unique(fr)) == set(range(6))
+    keep = (np.linalg.norm(pts[:, :2], axis=1) < 30) & (pts[:, 2] > -1.2)  # above the ground (sensor 1.73 m up)
+    tree = cKDTree(pts[keep & (fr == 0)])
+    aligned = np.median(tree.query(pts[keep & (fr == 5)])[0])
+    raw = np.fromfile(frames[5], np.float32).reshape(-1, 4)[:, :3]  # scan 5 in its own frame, 3.6 m ahead
+    rk = (np.linalg.norm(raw[:, :2], axis=1) < 30) & (raw[:, 2] > -1.2)
+    unaligned = np.median(tree.query(raw[rk])[0])
+    assert aligned < 0.1 < unaligned

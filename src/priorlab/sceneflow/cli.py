@@ -200,14 +200,14 @@ def _thread_opt(args) -> dict:
 
 def _estimate(args) -> int:
     from priorlab.sceneflow.io import save_flow
-    from priorlab.sceneflow.trajectory import _fit_mask, field_from_result
+    from priorlab.sceneflow.trajectory import fit_mask, field_from_result
     from priorlab.sceneflow.estimate import estimate_flow
 
     _check_fit_args(args)
     out = _out_path(args.out, ".npz")
     pc1, pc2 = _load_cloud(args.pc1, "PC1"), _load_cloud(args.pc2, "PC2")
-    m1 = _fit_mask(pc1, args.max_range, args.remove_ground, 0.3)
-    m2 = _fit_mask(pc2, args.max_range, args.remove_ground, 0.3)
+    m1 = fit_mask(pc1, args.max_range, args.remove_ground, 0.3)
+    m2 = fit_mask(pc2, args.max_range, args.remove_ground, 0.3)
     for m, name in ((m1, "PC1"), (m2, "PC2")):
         if m.sum() < 3:
             raise PriorlabError(f"only {int(m.sum())} {name} points left after --max-range/--remove-ground; loosen them")
@@ -343,7 +343,7 @@ def read_poses(path, n: int | None = None) -> np.ndarray:
 
 
 def _accumulate(args) -> int:
-    from priorlab.sceneflow.trajectory import _fit_mask, accumulate, make_estimator
+    from priorlab.sceneflow.trajectory import fit_mask, accumulate, make_estimator
 
     _check_fit_args(args)
     if len(args.frames) < 2:
@@ -362,7 +362,7 @@ def _accumulate(args) -> int:
     if args.method != "none":
         remove_ground = args.remove_ground
         if args.remove_ground:
-            ground = [~_fit_mask(c, None, True, 0.3) for c in clouds]
+            ground = [~fit_mask(c, None, True, 0.3) for c in clouds]
             if poses is not None:
                 rigid = ground  # static by definition: poses alone align it
                 notes.append(f"{sum(int(g.sum()) for g in ground)} ground points aligned with the poses only")

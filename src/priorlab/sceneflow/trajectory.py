@@ -29,7 +29,7 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -43,6 +43,7 @@ __all__ = [
     "FittedField",
     "field_from_result",
     "make_estimator",
+    "fit_mask",
     "integrate_trajectories",
     "invert_field",
     "accumulate",
@@ -180,7 +181,7 @@ def make_estimator(method: str = "nsfp", *, points: int | None = None, seed: int
 
     def estimator(pc_a, pc_b) -> FittedField:
         a, b = np.asarray(pc_a, np.float32), np.asarray(pc_b, np.float32)
-        ma, mb = _fit_mask(a, max_range, remove_ground, ground_threshold), _fit_mask(b, max_range, remove_ground, ground_threshold)
+        ma, mb = fit_mask(a, max_range, remove_ground, ground_threshold), fit_mask(b, max_range, remove_ground, ground_threshold)
         if ma.sum() < 3 or mb.sum() < 3:
             raise PriorlabError(f"only {int(ma.sum())}/{int(mb.sum())} points left after range crop / ground removal; "
                                 "loosen --max-range or drop --remove-ground")
@@ -194,7 +195,9 @@ def make_estimator(method: str = "nsfp", *, points: int | None = None, seed: int
     return estimator
 
 
-def _fit_mask(p, max_range, remove_ground, threshold) -> np.ndarray:
+def fit_mask(p, max_range: float | None = None, remove_ground: bool = False, threshold: float = 0.3) -> np.ndarray:
+    """Points a fit uses: within ``max_range`` m (3-D) and, with ``remove_ground``, off the RANSAC
+    ground plane (``threshold`` m)."""
     m = np.ones(len(p), bool)
     if max_range is not None:
         from priorlab.sceneflow.preprocess import crop_range

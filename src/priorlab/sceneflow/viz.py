@@ -160,7 +160,7 @@ def plot_flow_bev(pc0, flow, path, *, pc1=None, ego_motion=None, mask=None, rang
     _sensor(ax, (0.0, 0.0))
     _bev_axes(ax, range_m, center)
     moving = int((mag[view] >= min_arrow).sum())
-    sub = f"{what}; {moving} of {int(view.sum())} points in view move >= {min_arrow:g} m"
+    sub = f"{what}\n{moving} of {int(view.sum())} points in view move >= {min_arrow:g} m"
     if mask is not None:
         sub += " (pale grey: not shown)"
     if gain:
@@ -244,7 +244,7 @@ def plot_trajectories(traj, path, *, true_traj=None, background=None, range_m: f
     if len(chosen):
         segs = np.stack([tr[:-1, chosen, :2], tr[1:, chosen, :2]], 2)  # (T-1, K, 2, 2)
         tcol = np.repeat(np.arange(T - 1), len(chosen))
-        lc = LineCollection(segs.reshape(-1, 2, 2), cmap="viridis", linewidths=1.6, zorder=4)
+        lc = LineCollection(segs.reshape(-1, 2, 2), cmap="viridis", linewidths=2.2, zorder=4)
         lc.set_array(tcol + 0.5)
         lc.set_clim(0, T - 1)
         ax.add_collection(lc)
