@@ -1,5 +1,7 @@
 """Shared fixtures for the scene-flow tests: where the real (non-commercial) sample data lives."""
 
+from pathlib import Path
+
 import pytest
 
 from priorlab.sceneflow.io import sample_data_dir
