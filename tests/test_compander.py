@@ -17,13 +17,6 @@ from priorlab.registry import get
 from priorlab.reproductions import p025_compander
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _model():
     torch.manual_seed(0)

@@ -16,14 +16,6 @@ from priorlab.registry import get
 from priorlab.train import fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: extra intra-op threads only add contention on shared CPUs
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # softmax([0,0,0]) = [1/3,1/3,1/3]; softmax([ln 2,0,0]) = [1/2,1/4,1/4]
 LOGITS = torch.tensor([[0.0, 0.0, 0.0], [math.log(2.0), 0.0, 0.0]], dtype=torch.float64)

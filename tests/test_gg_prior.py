@@ -25,13 +25,6 @@ from priorlab.reproductions import p047_gg_prior
 from priorlab.train import fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_moment_ratio_and_scale_known_values():
     # Laplace: (E|w|)^2 / E w^2 = a^2 / 2a^2; Gaussian: (sigma sqrt(2/pi))^2 / sigma^2

@@ -11,14 +11,6 @@ from priorlab.errors import PriorlabError
 from priorlab.methods.icl import ICLTransformer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small matrices: a second thread only adds contention on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _ctx(xs, ys, dtype=torch.float64):
     return torch.tensor(xs, dtype=dtype)[None], torch.tensor(ys, dtype=dtype)[None]

@@ -23,13 +23,6 @@ from priorlab.nn.nested_dropout import (
 from priorlab.registry import get
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---------------------------------------------------------------- nested dropout distribution
 

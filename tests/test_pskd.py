@@ -20,13 +20,6 @@ from priorlab.methods.pskd import PSKD
 from priorlab.train import fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_alpha_schedule_is_official():
     assert pskd_alpha(0, 300) == pytest.approx(0.8 / 300)  # alpha_T * (epoch + 1) / T

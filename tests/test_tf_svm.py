@@ -16,14 +16,6 @@ HAS_CVXPY = importlib.util.find_spec("cvxpy") is not None
 needs_cvxpy = pytest.mark.skipif(not HAS_CVXPY, reason="needs cvxpy (pip install priorlab[svm])")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: a second thread only adds contention on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _problem(seed=0, n=10, T=5, d=6):
     g = torch.Generator().manual_seed(seed)

@@ -27,11 +27,14 @@ def _status(card: MethodCard, results: Path = DEFAULT_RESULTS["full"]) -> str:
         return "no reproduction"
     claim = claim_of(card)
     stored = {(m, t): n for m, t, n in stored_tiers(results)}
-    n_seeds = stored.get((claim.method, "full"))
-    if not n_seeds:
+    if (claim.method, "full") not in stored:
         return "not run"
+    n_seeds = max(stored[(claim.method, "full")], claim.seeds["full"])
     claim, records = load_results(get(claim.method), "full", results, n_seeds)
-    return summarise(claim, records, "full", n_seeds)["verdict"]
+    summary = summarise(claim, records, "full", n_seeds)
+    if summary["runs"] < summary["expected_runs"]:
+        return f"incomplete ({summary['runs']}/{summary['expected_runs']} runs)"
+    return summary["verdict"]
 
 
 def cmd_list(args) -> int:

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from priorlab.errors import PriorlabError
+
 
 @dataclass
 class StepContext:
@@ -68,3 +70,27 @@ class Adapter:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+INDICES_HINT = ("wrap the training set in priorlab.data.IndexedDataset(x, y) so batches are "
+                "(inputs, targets, indices)")
+
+
+def sample_indices(ctx: StepContext, num_samples: int, who: str) -> torch.Tensor:
+    """The batch's dataset indices, checked, for adapters that keep per-sample state.
+
+    ``who`` names the adapter in the error (e.g. ``"ELR"``); ``num_samples`` is the size of its
+    per-sample buffer.
+    """
+    if ctx.indices is None:
+        raise PriorlabError(f"{who} needs each sample's dataset index: {INDICES_HINT}")
+    indices = torch.as_tensor(ctx.indices)
+    batch = ctx.outputs.shape[0]
+    if indices.ndim != 1 or indices.is_floating_point() or indices.shape[0] != batch:
+        raise PriorlabError(f"{who} needs one integer index per sample ({batch}), got indices of "
+                            f"shape {tuple(indices.shape)} and dtype {indices.dtype}; {INDICES_HINT}")
+    outside = indices[(indices < 0) | (indices >= num_samples)]
+    if outside.numel():
+        raise PriorlabError(f"{who} got sample index {int(outside[0])} outside [0, {num_samples}); "
+                            f"build {who} with num_samples=len(train_set)")
+    return indices.long()

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from priorlab.harness.runner import load_results, stored_tiers  # noqa: E402
+from priorlab.harness.runner import claim_of, load_results, stored_tiers  # noqa: E402
 from priorlab.harness.summary import summarise  # noqa: E402
 from priorlab.registry import get  # noqa: E402
 
@@ -75,8 +75,9 @@ def _sections(results: Path, out: Path) -> tuple[list, list[dict]]:
     """Report blocks: ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path)."""
     blocks: list = []
     summaries = []
-    for method_id, tier, n_seeds in sorted(stored_tiers(results), key=lambda t: (get(t[0]).seed_id, t[1])):
+    for method_id, tier, n_found in sorted(stored_tiers(results), key=lambda t: (get(t[0]).seed_id, t[1])):
         card = get(method_id)
+        n_seeds = max(n_found, claim_of(card).seeds[tier])  # missing seeds show as missing runs
         claim, records = load_results(card, tier, results, n_seeds)
         s = summarise(claim, records, tier, n_seeds)
         summaries.append(s)

@@ -9,11 +9,9 @@ from torch import nn
 from priorlab.errors import PriorlabError
 from priorlab.functional.elr import (_check_beta, _check_lam, elr_loss, elr_regularizer,
                                      elr_update_targets)
-from priorlab.hooks import Adapter, StepContext
+from priorlab.hooks import Adapter, StepContext, sample_indices
 from priorlab.registry import Example, MethodCard, Paper, register
 
-NO_INDICES = ("ELR needs each sample's dataset index: wrap the training set in "
-              "priorlab.data.IndexedDataset(x, y) so batches are (inputs, targets, indices)")
 
 
 class ELR(Adapter):
@@ -35,21 +33,6 @@ class ELR(Adapter):
         self.lam, self.beta = float(lam), float(beta)
         self.target_estimates = torch.zeros(num_samples, num_classes)
 
-    def _batch_indices(self, ctx: StepContext) -> torch.Tensor:
-        if ctx.indices is None:
-            raise PriorlabError(NO_INDICES)
-        indices = torch.as_tensor(ctx.indices)
-        batch = ctx.outputs.shape[0]
-        if indices.ndim != 1 or indices.is_floating_point() or indices.shape[0] != batch:
-            raise PriorlabError(f"ELR needs one integer index per sample ({batch}), "
-                                f"got indices of shape {tuple(indices.shape)} and dtype "
-                                f"{indices.dtype}; {NO_INDICES}")
-        outside = indices[(indices < 0) | (indices >= self.num_samples)]
-        if outside.numel():
-            raise PriorlabError(f"ELR got sample index {int(outside[0])} outside "
-                                f"[0, {self.num_samples}); build ELR with "
-                                "num_samples=len(train_set)")
-        return indices.long()
 
     def loss_terms(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         logits = ctx.outputs
@@ -57,7 +40,7 @@ class ELR(Adapter):
             raise PriorlabError(f"ELR was built for {self.num_classes} classes but the model "
                                 f"outputs shape {tuple(logits.shape)}; pass num_classes="
                                 f"{logits.shape[-1]} or fix the model head")
-        indices = self._batch_indices(ctx).to(logits.device)
+        indices = sample_indices(ctx, self.num_samples, "ELR").to(logits.device)
         if self.target_estimates.device != logits.device:
             self.target_estimates = self.target_estimates.to(logits.device)
         updated = elr_update_targets(self.target_estimates[indices], logits, self.beta)

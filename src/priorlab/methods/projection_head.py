@@ -78,7 +78,7 @@ def _example() -> Example:
 
 
 register(MethodCard(
-    id="projection_head",
+    id="projection-head",
     name="Projection head (pre-projection features) with SupCon",
     family="N: noisy labels, distillation, robustness",
     kind="function",

@@ -14,11 +14,8 @@ from priorlab.functional.pskd import (
     pskd_loss,
     soft_cross_entropy,
 )
-from priorlab.hooks import Adapter, StepContext
+from priorlab.hooks import Adapter, StepContext, sample_indices
 from priorlab.registry import Example, MethodCard, Paper, register
-
-NO_INDICES = ("PS-KD needs each sample's dataset index: wrap the training set in "
-              "priorlab.data.IndexedDataset(x, y) so batches are (inputs, targets, indices)")
 
 
 class PSKD(Adapter):
@@ -51,21 +48,6 @@ class PSKD(Adapter):
     def alpha(self) -> float:
         return pskd_alpha(self.epochs_done, self.total_epochs, self.alpha_T)
 
-    def _batch_indices(self, ctx: StepContext) -> torch.Tensor:
-        if ctx.indices is None:
-            raise PriorlabError(NO_INDICES)
-        indices = torch.as_tensor(ctx.indices)
-        batch = ctx.outputs.shape[0]
-        if indices.ndim != 1 or indices.is_floating_point() or indices.shape[0] != batch:
-            raise PriorlabError(f"PS-KD needs one integer index per sample ({batch}), got indices "
-                                f"of shape {tuple(indices.shape)} and dtype {indices.dtype}; "
-                                f"{NO_INDICES}")
-        outside = indices[(indices < 0) | (indices >= self.num_samples)]
-        if outside.numel():
-            raise PriorlabError(f"PS-KD got sample index {int(outside[0])} outside "
-                                f"[0, {self.num_samples}); build PSKD with "
-                                "num_samples=len(train_set)")
-        return indices.long()
 
     def loss_terms(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         logits, labels = ctx.outputs, ctx.targets
@@ -74,7 +56,7 @@ class PSKD(Adapter):
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
             raise PriorlabError(f"PS-KD was built for {self.num_classes} classes but the model "
                                 f"outputs {got}; pass num_classes equal to the model's outputs")
-        indices = self._batch_indices(ctx).to(self.predictions.device)
+        indices = sample_indices(ctx, self.num_samples, "PS-KD").to(self.predictions.device)
         past = self.predictions[indices].to(logits.device, logits.dtype)
         _check_labels(labels, self.num_classes, logits.shape[0])
         if not torch.isfinite(logits).all():

@@ -124,7 +124,7 @@ def _example() -> Example:
 
 
 register(MethodCard(
-    id="random_teacher",
+    id="random-teacher",
     name="Random-teacher self-distillation",
     family="N: noisy labels, distillation, robustness",
     kind="adapter",

@@ -39,7 +39,7 @@ _COMMON = {"tau_s": 1.0, "tau_t": 1.0, "lr": 1e-3, "batch_size": 128, "eps": 0.1
 
 CLAIM = Claim(
     seed_id=5,
-    method="random_teacher",
+    method="random-teacher",
     statement=("A student distilled from a frozen random teacher (same view, no augmentation, "
                "no labels) has clearly better linear-probe accuracy than its teacher; the gain "
                "depends on the data (distilling on random inputs loses it) and grows when the "

@@ -32,7 +32,7 @@ _COMMON = {"temperature": 0.07, "lr": 1e-3, "batch_size": 256, "probe_l2": 1e-3}
 
 CLAIM = Claim(
     seed_id=38,
-    method="projection_head",
+    method="projection-head",
     statement=("With a projection head, the pre-projection representation keeps features the "
                "training loss does not need: after supervised-contrastive training on coarse "
                "labels, a linear probe for the fine labels is more accurate on pre-projection "
