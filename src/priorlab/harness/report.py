@@ -89,11 +89,7 @@ def _sections(results: Path, out: Path) -> tuple[list, list[dict]]:
         if claim.paper_value:
             blocks.append(("p", f"**Paper reports**: {claim.paper_value}"))
         blocks.append(("p", f"**Setting**: {s['setting']}"))
-        arms = claim.arms_for(tier)
-        metrics = list(s["arm_stats"][arms[0]])
-        rows = [[arm] + [f"{_fmt(st['mean'])} ± {_fmt(st['std'], 2)} (n={st['n']})"
-                         for st in (s["arm_stats"][arm][m] for m in metrics)] for arm in arms]
-        blocks.append(("table", ["arm"] + [f"{m} (mean ± sd)" for m in metrics], rows))
+        blocks.append(_arm_table(s, claim.arms_for(tier)))
         tests = s["comparisons"] + s["guards"]
         blocks.append(("table", ["method vs baseline", "metric", "kind", "threshold", "n seeds",
                                  "effect", "95% CI", "verdict"],
@@ -101,7 +97,7 @@ def _sections(results: Path, out: Path) -> tuple[list, list[dict]]:
                          str(t["n"]), _fmt(t["effect"]), f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}]",
                          t["verdict"]] for t in tests]))
         plot = results / "plots" / f"{card.id}_{tier}.png"
-        _plot(claim, records, arms, plot)
+        _plot(claim, records, claim.arms_for(tier), plot)
         blocks.append(("img", plot))
         versions = "; ".join(", ".join(f"{k} {v}" for k, v in vs.items()) for vs in s["versions"])
         blocks.append(("p", f"Runs: {s['runs']}/{s['expected_runs']}, total run time {s['wall_time_s']} s; "
@@ -109,6 +105,22 @@ def _sections(results: Path, out: Path) -> tuple[list, list[dict]]:
                             f"{versions}. Effects are method minus baseline, signed so that positive "
                             "favours the method; intervals are paired 95% t-intervals over seeds."))
     return blocks, summaries
+
+
+def _arm_table(summary: dict, arms) -> tuple:
+    """Mean ± sd of every metric per arm; the longer of the two lists runs down the rows."""
+    metrics = list(summary["arm_stats"][arms[0]])
+    n = {arm: max(st["n"] for st in summary["arm_stats"][arm].values()) for arm in arms}
+
+    def cell(arm, metric):
+        st = summary["arm_stats"][arm][metric]
+        return f"{_fmt(st['mean'])} ± {_fmt(st['std'], 2)}"
+
+    if len(arms) >= len(metrics):
+        return ("table", ["arm (seeds)"] + [f"{m} (mean ± sd)" for m in metrics],
+                [[f"{arm} ({n[arm]})"] + [cell(arm, m) for m in metrics] for arm in arms])
+    return ("table", ["metric (mean ± sd)"] + [f"{arm} ({n[arm]} seeds)" for arm in arms],
+            [[m] + [cell(arm, m) for arm in arms] for m in metrics])
 
 
 def _overview(summaries) -> tuple:
