@@ -89,6 +89,9 @@ def _sections(results: Path, out: Path) -> tuple[list, list[dict]]:
         if claim.paper_value:
             blocks.append(("p", f"**Paper reports**: {claim.paper_value}"))
         blocks.append(("p", f"**Setting**: {s['setting']}"))
+        if tier == "smoke":
+            blocks.append(("p", "*Smoke tier: a pipeline check at toy size and two seeds; its "
+                                "verdict says nothing about the paper. The full tier is the evidence.*"))
         blocks.append(_arm_table(s, claim.arms_for(tier)))
         tests = s["comparisons"] + s["guards"]
         blocks.append(("table", ["method vs baseline", "metric", "kind", "threshold", "n seeds",
