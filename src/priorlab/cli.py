@@ -18,20 +18,27 @@ from priorlab.sceneflow.cli import add_flow_subparser
 DEFAULT_RESULTS = {"full": Path("results"), "smoke": Path("runs/smoke")}
 
 
-def _status(card: MethodCard, results: Path = DEFAULT_RESULTS["full"]) -> str:
-    """The card's reproduction verdict from stored full-tier results, never written by hand."""
+def _full_summary(card: MethodCard, results: Path = DEFAULT_RESULTS["full"]) -> dict | None:
+    """The summary of the card's stored full-tier results; None when none are stored."""
     from priorlab.harness.runner import claim_of, load_results, stored_tiers
     from priorlab.harness.summary import summarise
 
-    if not card.reproduction:
-        return "no reproduction"
     claim = claim_of(card)
     stored = {(m, t): n for m, t, n in stored_tiers(results)}
     if (claim.method, "full") not in stored:
-        return "not run"
+        return None
     n_seeds = max(stored[(claim.method, "full")], claim.seeds["full"])
     claim, records = load_results(get(claim.method), "full", results, n_seeds)
-    summary = summarise(claim, records, "full", n_seeds)
+    return summarise(claim, records, "full", n_seeds)
+
+
+def _status(card: MethodCard) -> str:
+    """The card's reproduction verdict from stored full-tier results, never written by hand."""
+    if not card.reproduction:
+        return "no reproduction"
+    summary = _full_summary(card)
+    if summary is None:
+        return "not run"
     if summary["runs"] < summary["expected_runs"]:
         return f"incomplete ({summary['runs']}/{summary['expected_runs']} runs)"
     return summary["verdict"]
@@ -77,9 +84,17 @@ def render_card(card: MethodCard) -> str:
     if card.reproduction:
         from priorlab.harness.runner import claim_of
         claim = claim_of(card)
-        out += ["reproduction:", textwrap.fill(f"claim: {claim.statement}", 96, initial_indent="  ",
-                                               subsequent_indent="  "),
-                f"  run: priorlab reproduce {claim.method} --tier full    verdict (results/): {_status(card)}"]
+        out += ["reproduction:"] + [
+            textwrap.fill(f"{label}: {text}", 96, initial_indent="  ", subsequent_indent="    ")
+            for label, text in (("claim", claim.statement), ("setting (full tier)", claim.setting["full"]))]
+        out.append(f"  run: priorlab reproduce {claim.method} --tier full    "
+                   f"verdict (results/): {_status(card)}")
+        summary = _full_summary(card)
+        for t in (summary["comparisons"] + summary["guards"]) if summary else ():
+            ci = "–" if t["ci_low"] is None else f"[{t['ci_low']:.4g}, {t['ci_high']:.4g}]"
+            effect = "–" if t["effect"] is None else f"{t['effect']:+.4g}"
+            out.append(f"    {t['method']} vs {t['baseline']} ({t['metric']}, {t['kind']}): effect "
+                       f"{effect}, 95% CI {ci}, {t['n']} seeds -> {t['verdict']}")
     return "\n".join(out)
 
 

@@ -24,7 +24,6 @@ sit between the learners. That is the result if so.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -83,17 +82,6 @@ CLAIM = Claim(
     curves=("spd_by_context", "train_loss"),
     extra_metrics=("icl_mse", "reference_mse", "best_ridge_log10_lambda"),
 )
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Small matrices: extra threads only add contention (and change nothing in the results)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _lr_scale(step: int, warmup: int, total: int) -> float:
@@ -167,8 +155,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in CLAIM.arms:
         raise did_you_mean(arm, CLAIM.arms, "arm")
     condition, reference = arm.split("_")
-    with _one_thread():
-        result = _train_and_score(condition, tuple(sorted(cfg.items())), seed)
+    result = _train_and_score(condition, tuple(sorted(cfg.items())), seed)
     by_context = result["spd"][reference]
     metrics = {"spd": float(np.mean(by_context)), "icl_mse": result["icl_mse"],
                "reference_mse": result["reference_mse"][reference],

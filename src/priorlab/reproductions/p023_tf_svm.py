@@ -22,7 +22,6 @@ one-sample t-test that the mean cosine exceeds 0.99. All thresholds are fixed be
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import numpy as np
@@ -78,17 +77,6 @@ CLAIM = Claim(
 )
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Tiny tensors: extra threads only add contention (and change nothing in the results)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def make_dataset(n: int, T: int, d: int, seed: int):
     """The official generator: unit tokens and queries, random unit head, labels +-1."""
     g = torch.Generator().manual_seed(seed)
@@ -142,9 +130,8 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if cfg["steps"] < 1 or cfg["record_every"] < 1:
         raise PriorlabError(f"steps and record_every must be >= 1, got {cfg}")
     parametrisation, norm = SCORED_ARMS[arm]
-    with _one_thread():
-        result = _train(parametrisation, cfg["n"], cfg["T"], cfg["d"], cfg["steps"],
-                        float(cfg["lr"]), cfg["record_every"], seed)
+    result = _train(parametrisation, cfg["n"], cfg["T"], cfg["d"], cfg["steps"],
+                    float(cfg["lr"]), cfg["record_every"], seed)
     target = result["svms"][norm]
     cosines = [direction_cosine(w, target) for w in result["snapshots"]]
     metrics = {"svm_cosine": cosines[-1],

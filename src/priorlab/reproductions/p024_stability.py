@@ -135,12 +135,7 @@ def _parse_arm(arm: str) -> tuple[str, float]:
 
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     algorithm, fraction = _parse_arm(arm)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 200-parameter Hessian only loses time to thread hand-offs
-    try:
-        return _run(algorithm, fraction, cfg, seed)
-    finally:
-        torch.set_num_threads(threads)
+    return _run(algorithm, fraction, cfg, seed)
 
 
 def _run(algorithm: str, fraction: float, cfg: dict, seed: int) -> RunOutput:

@@ -147,12 +147,7 @@ def _trajectory(cfg_json: str, seed: int) -> dict:
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in CLAIM.arms:
         raise did_you_mean(arm, CLAIM.arms, "arm")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a few-thousand-parameter MLP only loses time to thread hand-offs
-    try:
-        result = _trajectory(json.dumps(cfg, sort_keys=True), seed)
-    finally:
-        torch.set_num_threads(threads)
+    result = _trajectory(json.dumps(cfg, sort_keys=True), seed)
     metrics = dict(result["checkpoints"][arm]) | {"probe_bayes_acc": result["bayes"]}
     steps = result["curves"]["step"]
     curves = {name: {"x": steps, "y": values} for name, values in result["curves"].items()

@@ -78,12 +78,7 @@ def _population_nll(logits: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in CLAIM.arms:
         raise did_you_mean(arm, CLAIM.arms, "arm")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a small MLP only loses time to thread hand-offs
-    try:
-        return _run(arm, cfg, seed)
-    finally:
-        torch.set_num_threads(threads)
+    return _run(arm, cfg, seed)
 
 
 def _run(arm: str, cfg: dict, seed: int) -> RunOutput:

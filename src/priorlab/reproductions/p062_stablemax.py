@@ -105,14 +105,7 @@ def _collapse_fraction(loss_name: str, logits: torch.Tensor, targets: torch.Tens
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in ARM_SETTINGS:
         raise did_you_mean(arm, ARMS, "arm")
-    # Full-batch matrices of a few hundred rows gain nothing from intra-op threads, and on shared
-    # cores extra threads made these runs up to 10x slower; one thread also fixes the rounding.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(arm, cfg, seed)
-    finally:
-        torch.set_num_threads(threads)
+    return _run(arm, cfg, seed)
 
 
 def _run(arm: str, cfg: dict, seed: int) -> RunOutput:
