@@ -51,3 +51,11 @@ def test_readme_methods_table_is_generated_from_the_cards():
                            capture_output=True, text=True, check=True, env=env).stdout.strip()
     assert table in (REPO / "README.md").read_text(), (
         "README's methods table is stale: paste the output of `priorlab list --markdown`")
+
+
+def test_readme_component_snippet_runs():
+    import re
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```python\n(import torch\nfrom priorlab\.optim.*?)```", text, re.S)
+    assert block, "README lost its runnable components snippet"
+    exec(compile(block.group(1), "<README components snippet>", "exec"), {})
