@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results folder (default: results/ for full, runs/smoke/ for smoke)")
     p.add_argument("--force", action="store_true", help="rerun and replace finished runs")
     p.add_argument("--json", action="store_true", help="one JSON object per paper")
+    p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bars (also accepted before the command)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help="write REPORT.md and report.html from a results folder")
