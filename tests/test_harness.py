@@ -6,6 +6,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 from priorlab import registry
 from priorlab.cli import main
@@ -181,3 +182,21 @@ def test_tier_arms_limit_what_runs_and_what_is_compared(fake, tmp_path):
     assert [c["method"] for c in summary["comparisons"]] == ["method"]
     with pytest.raises(PriorlabError, match="no comparison"):
         dataclasses.replace(fake.module.CLAIM, tier_arms={"smoke": ("baseline", "real_method")})
+
+
+def test_scheduler_step_runs_per_step_or_per_epoch_and_shuffled_batches_cover_once():
+    from priorlab.train import SchedulerStep, fit, shuffled_batches
+    for every, expected in (("step", 6), ("epoch", 2)):
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
+        batch = (torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+        fit(model, [batch] * 3, opt, torch.nn.functional.cross_entropy, epochs=2,
+            adapters=[SchedulerStep(sched, every=every)], show_progress=False)
+        assert sched.last_epoch == expected
+    with pytest.raises(PriorlabError, match="every"):
+        SchedulerStep(sched, every="batch")
+    gen = torch.Generator().manual_seed(0)
+    batches = shuffled_batches(10, 4, gen)
+    assert [len(b) for b in batches] == [4, 4, 2] and sorted(torch.cat(batches).tolist()) == list(range(10))
+    assert [len(b) for b in shuffled_batches(10, 4, gen, drop_last=True)] == [4, 4]

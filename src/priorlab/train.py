@@ -74,3 +74,35 @@ def fit(model: nn.Module, batches: Callable[[], Iterable] | Iterable, optimizer:
             history["epoch"].append(epoch + 1)
             model.train()
     return dict(history)
+
+
+class SchedulerStep(Adapter):
+    """Steps a torch lr scheduler after every optimiser step (``every="step"``) or at the end of
+    every epoch (``every="epoch"``), so schedules run inside :func:`fit` like any other hook."""
+
+    def __init__(self, scheduler, every: str = "step"):
+        if every not in ("step", "epoch"):
+            raise PriorlabError(f"SchedulerStep every must be 'step' or 'epoch', got {every!r}")
+        self.scheduler, self.every = scheduler, every
+
+    def after_step(self, ctx: StepContext) -> None:
+        if self.every == "step":
+            self.scheduler.step()
+
+    def on_epoch_end(self, ctx: StepContext) -> None:
+        if self.every == "epoch":
+            self.scheduler.step()
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of ``x`` whose arg-max prediction equals ``y`` (no gradients)."""
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator, *,
+                     drop_last: bool = False) -> list[torch.Tensor]:
+    """Index batches over a fresh permutation of ``range(n)`` (one epoch)."""
+    order = torch.randperm(n, generator=generator)
+    stop = n - batch_size + 1 if drop_last else n
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]

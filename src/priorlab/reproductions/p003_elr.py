@@ -25,7 +25,7 @@ from priorlab.hooks import Adapter
 from priorlab.methods.elr import ELR
 from priorlab.models import mlp
 from priorlab.seed import seed_everything
-from priorlab.train import fit
+from priorlab.train import SchedulerStep, accuracy, fit
 
 ARMS = {"ce_sym40": ("ce", 0.4), "elr_sym40": ("elr", 0.4),
         "ce_sym80": ("ce", 0.8), "elr_sym80": ("elr", 0.8)}
@@ -78,20 +78,6 @@ def _data(name: str, n_train: int | None, n_test: int | None) -> ImageData:
     return load_images(name, n_train=n_train, n_test=n_test, split_seed=0)
 
 
-class _EpochScheduler(Adapter):
-    """Steps an lr scheduler once per epoch, as the official trainer does."""
-
-    def __init__(self, scheduler):
-        self.scheduler = scheduler
-
-    def on_epoch_end(self, ctx):
-        self.scheduler.step()
-
-
-def _accuracy(model, x, y) -> float:
-    return float((model(x).argmax(dim=1) == y).float().mean())
-
-
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in ARMS:
         raise did_you_mean(arm, ARMS, "arm of paper 3 (ELR)")
@@ -106,7 +92,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
                                 weight_decay=cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=cfg["T_0"], eta_min=cfg["eta_min"])
-    adapters: list[Adapter] = [_EpochScheduler(scheduler)]
+    adapters: list[Adapter] = [SchedulerStep(scheduler, every="epoch")]
     if method == "elr":
         adapters.append(ELR(len(noisy), data.num_classes, lam=cfg["lam"], beta=cfg["beta"]))
 
@@ -119,7 +105,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
 
     def evaluate(model):
         pred = model(x_train).argmax(dim=1)
-        return {"test_acc": _accuracy(model, data.x_test, data.y_test),
+        return {"test_acc": accuracy(model, data.x_test, data.y_test),
                 # fit to the labels trained on, and share of wrong labels reproduced / corrected
                 "noisy_fit": float((pred == noisy).float().mean()),
                 "memorised_fraction": float((pred[corrupted] == noisy[corrupted]).float().mean()),

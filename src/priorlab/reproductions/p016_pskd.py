@@ -23,7 +23,7 @@ from priorlab.hooks import Adapter
 from priorlab.methods.pskd import PSKD
 from priorlab.models import mlp
 from priorlab.seed import seed_everything
-from priorlab.train import fit
+from priorlab.train import SchedulerStep, fit
 
 ARMS = ("ce", "label_smoothing", "pskd")
 
@@ -77,16 +77,6 @@ def _data(name: str, n_train: int | None, n_test: int | None) -> ImageData:
     return load_images(name, n_train=n_train, n_test=n_test, split_seed=0)
 
 
-class _MultiStepLR(Adapter):
-    """lr x0.1 at each milestone epoch (the official ``adjust_learning_rate``)."""
-
-    def __init__(self, optimizer, milestones: list[int]):
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-
-    def on_epoch_end(self, ctx):
-        self.scheduler.step()
-
-
 def _test_metrics(model, data: ImageData, n_bins: int) -> dict[str, float]:
     logits = model(data.x_test)
     probs = F.softmax(logits, dim=1)
@@ -107,8 +97,10 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 nesterov=True, weight_decay=cfg["weight_decay"])
     epochs = cfg["epochs"]
-    adapters: list[Adapter] = [_MultiStepLR(optimizer, [round(m * epochs)
-                                                        for m in cfg["milestones"]])]
+    # lr x0.1 at each milestone epoch (the official ``adjust_learning_rate``)
+    milestones = [round(m * epochs) for m in cfg["milestones"]]
+    adapters: list[Adapter] = [SchedulerStep(
+        torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1), every="epoch")]
     loss_fn = F.cross_entropy
     if arm == "pskd":
         adapters.append(PSKD(len(y_train), data.num_classes, epochs, alpha_T=cfg["alpha_T"]))

@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from priorlab.data.images import load_images
 from priorlab.errors import did_you_mean
 from priorlab.harness.claim import Claim, Comparison, RunOutput
-from priorlab.hooks import Adapter
 from priorlab.models import SmallCNN
 from priorlab.nn.compander import apply_weight_compander, effective_weights
 from priorlab.seed import seed_everything
-from priorlab.train import fit
+from priorlab.train import SchedulerStep, accuracy, fit
 
 ARMS = {"plain": (False, False), "plain_wd": (False, True),
         "compander": (True, False), "compander_wd": (True, True)}
@@ -70,24 +69,11 @@ CLAIM = Claim(
 )
 
 
-class _CosineDecay(Adapter):
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int):
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-
-    def after_step(self, ctx) -> None:
-        self.scheduler.step()
-
-
 @lru_cache(maxsize=2)
 def _data(dataset: str, n_train: int):
     data = load_images(dataset, n_train=n_train, split_seed=0)
     return (data.x_train, data.y_train, torch.cat([data.x_val, data.x_test]),
             torch.cat([data.y_val, data.y_test]), data.num_classes, data.x_train.shape[-1])
-
-
-def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
 
 
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
@@ -112,16 +98,16 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
 
     steps = cfg["epochs"] * -(-n // batch)
     history = fit(model, batches, optimizer, F.cross_entropy, epochs=cfg["epochs"],
-                  adapters=[_CosineDecay(optimizer, steps)],
-                  evaluate=lambda m: {"test_acc": _accuracy(m, x_test, y_test)},
+                  adapters=[SchedulerStep(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps))],
+                  evaluate=lambda m: {"test_acc": accuracy(m, x_test, y_test)},
                   show_progress=False)
     model.eval()
     weights = torch.cat([w.flatten() for w in effective_weights(model)]).numpy()
     edges = np.linspace(-cfg["hist_range"], cfg["hist_range"], cfg["hist_bins"] + 1)
     density, _ = np.histogram(np.clip(weights, edges[0], edges[-1]), bins=edges, density=True)
     metrics = {
-        "test_acc": _accuracy(model, x_test, y_test),
-        "train_acc": _accuracy(model, x_train, y_train),
+        "test_acc": accuracy(model, x_test, y_test),
+        "train_acc": accuracy(model, x_train, y_train),
         "weight_abs_mean": float(np.abs(weights).mean()),
         "weight_abs_max": float(np.abs(weights).max()),
         # share of effective weights within 1% of the largest magnitude: "dead" weights

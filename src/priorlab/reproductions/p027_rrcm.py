@@ -33,6 +33,7 @@ from priorlab.harness.claim import Claim, Comparison, RunOutput
 from priorlab.methods.rrcm import NoiseConditionedEncoder, NoisyClassifier
 from priorlab.robust.smoothing import ABSTAIN, certify
 from priorlab.seed import seed_everything
+from priorlab.train import shuffled_batches
 
 ARMS = ("gaussian", "rrcm")
 RADII = (0.0, 0.25, 0.5, 1.0)
@@ -94,11 +95,6 @@ def _shift_views(x: torch.Tensor, jitter: float, gen: torch.Generator) -> torch.
     return shifted + jitter * torch.randn(x.shape, generator=gen)
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
-    order = torch.randperm(n, generator=gen)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-
-
 def _pretrain(encoder, x_train, cfg, gen) -> list[float]:
     target = copy.deepcopy(encoder).requires_grad_(False)
     sigmas = karras_sigmas(cfg["num_scales"], cfg["sigma_min"], cfg["sigma_max"], cfg["rho"])
@@ -106,7 +102,7 @@ def _pretrain(encoder, x_train, cfg, gen) -> list[float]:
     losses = []
     for _ in range(cfg["pretrain_epochs"]):
         total = 0.0
-        for idx in _batches(len(x_train), cfg["batch_size"], gen):
+        for idx in shuffled_batches(len(x_train), cfg["batch_size"], gen):
             x = x_train[idx]
             view_a, view_b = (_shift_views(x, cfg["jitter"], gen) for _ in range(2))
             steps = torch.randint(0, cfg["num_scales"] - 1, (len(x),), generator=gen)
@@ -153,7 +149,7 @@ def _finetune(model, data, cfg, gen, consistency: bool) -> None:
         opt, schedule = torch.optim.Adam(model.parameters(), lr=cfg["lr"]), None
     copies = 2 if consistency else 1
     for _ in range(epochs):
-        for idx in _batches(len(data.y_train), cfg["batch_size"], gen):
+        for idx in shuffled_batches(len(data.y_train), cfg["batch_size"], gen):
             x, y = data.x_train[idx], data.y_train[idx]
             logits = [model(x + cfg["sigma"] * torch.randn(x.shape, generator=gen))
                       for _ in range(copies)]

@@ -43,6 +43,7 @@ from priorlab.nn.nested_dropout import (
     logits_at_every_truncation,
 )
 from priorlab.seed import seed_everything
+from priorlab.train import shuffled_batches
 
 METHODS = ("ce", "dropout", "nested", "coteaching", "nested_coteaching")
 NOISES = ("sym", "asym")
@@ -200,12 +201,6 @@ def _sgd(net, cfg):
                            weight_decay=cfg["weight_decay"])
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
-    order = torch.randperm(n, generator=gen)
-    for start in range(0, n - batch_size + 1, batch_size):  # drop_last, as the official loaders
-        yield order[start:start + batch_size]
-
-
 class _BestSnapshot:
     """Keeps the networks' weights (and K) from the evaluation with the best validation accuracy."""
 
@@ -241,7 +236,7 @@ def _stage_one(cfg_json: str, noise: str, seed: int, compression: str, member: i
     best, val_curve, step = _BestSnapshot(), [], 0
     for epoch in range(cfg["epochs"]):
         net.train()
-        for idx in _batches(len(noisy), cfg["batch_size"], gen):
+        for idx in shuffled_batches(len(noisy), cfg["batch_size"], gen, drop_last=True):
             schedule.set(epoch, step)
             loss = F.cross_entropy(net(data.x_train[idx]), noisy[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -274,7 +269,7 @@ def _coteach(nets, data: ImageData, noisy: torch.Tensor, cfg: dict, *, lr: float
     val_curve, step = [], 0
     for epoch in range(epochs):
         rate = forget_rate_schedule(epoch, forget_rate, num_gradual)
-        for idx in _batches(len(noisy), cfg["batch_size"], gen):
+        for idx in shuffled_batches(len(noisy), cfg["batch_size"], gen, drop_last=True):
             schedule.set(epoch, step)
             halves = [(data.x_train[idx[:half]], noisy[idx[:half]]),
                       (data.x_train[idx[half:2 * half]], noisy[idx[half:2 * half]])]

@@ -25,6 +25,7 @@ from priorlab.models import mlp
 from priorlab.nn.purifier import PurifiedClassifier, QuantisedVAEPurifier, purifier_loss
 from priorlab.robust.attacks import fgsm, pgd
 from priorlab.seed import seed_everything
+from priorlab.train import accuracy, shuffled_batches
 
 ARMS = ("none", "autoencoder", "quantised")
 
@@ -77,16 +78,11 @@ def _data(name: str) -> ImageData:
     return load_images(name, split_seed=0)
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
-    order = torch.randperm(n, generator=gen)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-
-
 def _train_classifier(data: ImageData, cfg: dict, gen: torch.Generator):
     model = mlp(data.x_train[0].numel(), cfg["classifier_hidden"], data.num_classes)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     for _ in range(cfg["classifier_epochs"]):
-        for idx in _batches(len(data.y_train), cfg["batch_size"], gen):
+        for idx in shuffled_batches(len(data.y_train), cfg["batch_size"], gen):
             loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
             opt.zero_grad()
             loss.backward()
@@ -104,7 +100,7 @@ def _train_purifier(arm: str, data: ImageData, cfg: dict, gen: torch.Generator):
     losses = []
     for _ in range(cfg["purifier_epochs"]):
         total = 0.0
-        for idx in _batches(len(data.y_train), cfg["batch_size"], gen):
+        for idx in shuffled_batches(len(data.y_train), cfg["batch_size"], gen):
             x = data.x_train[idx]
             loss = purifier_loss(x, *purifier(x), kl_weight=cfg["kl_weight"])
             opt.zero_grad()
@@ -113,11 +109,6 @@ def _train_purifier(arm: str, data: ImageData, cfg: dict, gen: torch.Generator):
             total += float(loss.detach()) * len(idx)
         losses.append(total / len(data.y_train))
     return purifier.eval(), losses
-
-
-def _accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
 
 
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
@@ -152,10 +143,10 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     x_fgsm_adaptive = fgsm(adaptive_model, x, y, eps, eot=eot)
     x_pgd_adaptive = pgd(adaptive_model, x, y, eps, alpha, steps, random_start=True,
                          generator=gen, eot=eot)
-    metrics = {"clean_acc": _accuracy(defended, x, y),
-               "fgsm_greybox_acc": _accuracy(defended, x_fgsm, y),
-               "pgd_greybox_acc": _accuracy(defended, x_pgd, y),
-               "fgsm_adaptive_acc": _accuracy(defended, x_fgsm_adaptive, y),
-               "pgd_adaptive_acc": _accuracy(defended, x_pgd_adaptive, y)}
-    info["undefended_clean_acc"] = _accuracy(classifier, x, y)
+    metrics = {"clean_acc": accuracy(defended, x, y),
+               "fgsm_greybox_acc": accuracy(defended, x_fgsm, y),
+               "pgd_greybox_acc": accuracy(defended, x_pgd, y),
+               "fgsm_adaptive_acc": accuracy(defended, x_fgsm_adaptive, y),
+               "pgd_adaptive_acc": accuracy(defended, x_pgd_adaptive, y)}
+    info["undefended_clean_acc"] = accuracy(classifier, x, y)
     return RunOutput(metrics=metrics, curves=curves, info=info)

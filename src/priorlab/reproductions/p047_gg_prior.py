@@ -34,7 +34,7 @@ from priorlab.hooks import Adapter
 from priorlab.methods.gg_prior import BackSlash
 from priorlab.models import mlp
 from priorlab.seed import seed_everything
-from priorlab.train import fit
+from priorlab.train import accuracy, fit
 
 # arm -> (GG init shape or None for PyTorch's default, penalty: None | "l1" | "backslash")
 ARMS = {"default": (None, None), "gg_init": (1.0, None), "l1": (None, "l1"),
@@ -106,11 +106,6 @@ def _data(dataset: str):
     return load_images(dataset, split_seed=0)
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
-
-
 def _weights(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.dim() >= 2]
 
@@ -121,7 +116,7 @@ def _pruned_accuracy(model: nn.Module, fraction: float, x, y, *, reshape_to=None
         for w in _weights(pruned):
             deepshape_(w, reshape_to)
     prune_smallest_(_weights(pruned), fraction)
-    return _accuracy(pruned, x, y)
+    return accuracy(pruned, x, y)
 
 
 def _steps_to_target(losses: list[float], window: int, target: float) -> tuple[float, bool]:
@@ -160,7 +155,7 @@ def _train(cfg: dict, seed: int, init_shape, penalty, lam: float) -> dict:
                                   update_every=steps_per_epoch))
     history = fit(model, batches, optimizer, F.cross_entropy, epochs=cfg["epochs"],
                   adapters=adapters,
-                  evaluate=lambda m: {"val_acc": _accuracy(m, data.x_val, data.y_val)},
+                  evaluate=lambda m: {"val_acc": accuracy(m, data.x_val, data.y_val)},
                   show_progress=False)
     model.eval()
     steps, reached = _steps_to_target(recorder.losses, steps_per_epoch, cfg["target_loss"])
@@ -184,7 +179,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     curve_y = [_pruned_accuracy(model, f, x_test, y_test) for f in cfg["curve_fractions"]]
     metrics = {
         "pruned_acc": _pruned_accuracy(model, fraction, x_test, y_test),
-        "test_acc": _accuracy(model, x_test, y_test),
+        "test_acc": accuracy(model, x_test, y_test),
         "val_pruned_acc": best["val_pruned_acc"],
         "selected_lam": best["lam"],
         "steps_to_target": best["steps_to_target"],

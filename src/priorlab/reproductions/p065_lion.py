@@ -17,11 +17,10 @@ from torch import nn
 from priorlab.data.images import load_images
 from priorlab.errors import did_you_mean
 from priorlab.harness.claim import Claim, Comparison, RunOutput
-from priorlab.hooks import Adapter
 from priorlab.models import mlp
 from priorlab.optim.lion import Lion
 from priorlab.seed import seed_everything
-from priorlab.train import fit
+from priorlab.train import SchedulerStep, accuracy, fit
 
 SMALL_BATCH, LARGE_BATCH = 32, 512
 # Half-decade grids. Lion's is AdamW's 10x smaller, so every AdamW lr has Lion partners 10x and
@@ -78,16 +77,6 @@ CLAIM = Claim(
 )
 
 
-class _CosineDecay(Adapter):
-    """Steps a per-batch cosine schedule after each optimizer step."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int):
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-
-    def after_step(self, ctx) -> None:
-        self.scheduler.step()
-
-
 @functools.lru_cache(maxsize=2)
 def _data(dataset: str, n_train, n_val, n_test):
     return load_images(dataset, n_train=n_train, n_val=n_val, n_test=n_test, split_seed=0)
@@ -105,11 +94,6 @@ def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
         return Lion(params, lr=lr, betas=(0.9, 0.99), weight_decay=WEIGHT_DECAY["lion"])
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8,
                              weight_decay=WEIGHT_DECAY["adamw"])
-
-
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
 
 
 def _state_bytes_per_param(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
@@ -135,13 +119,14 @@ def _train_one(name: str, batch_size: int, lr: float, cfg: dict, seed: int) -> d
             yield data.x_train[idx], data.y_train[idx]
 
     history = fit(model, batches, optimizer, nn.functional.cross_entropy, epochs=cfg["epochs"],
-                  adapters=[_CosineDecay(optimizer, cfg["epochs"] * steps_per_epoch)],
-                  evaluate=lambda m: {"val_acc": _accuracy(m, data.x_val, data.y_val)},
+                  adapters=[SchedulerStep(torch.optim.lr_scheduler.CosineAnnealingLR(
+                      optimizer, T_max=cfg["epochs"] * steps_per_epoch))],
+                  evaluate=lambda m: {"val_acc": accuracy(m, data.x_val, data.y_val)},
                   show_progress=False)
     model.eval()
     return {"lr": lr, "val_acc": history["val_acc"][-1], "val_curve": history["val_acc"],
             "epochs": history["epoch"], "train_loss": history["loss/task"][-1],
-            "test_acc": _accuracy(model, data.x_test, data.y_test),
+            "test_acc": accuracy(model, data.x_test, data.y_test),
             "state_bytes_per_param": _state_bytes_per_param(model, optimizer)}
 
 
