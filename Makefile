@@ -9,12 +9,18 @@ $(BIN)/priorlab: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,av2,svm]'
 	touch $@
 
-# The main job: every reproduction at smoke size, then its report (runs/smoke/REPORT.md).
+# The main job: every reproduction's pipeline at smoke size, shown beside the committed
+# full-tier verdict (the smoke tier judges nothing), its report, and the scene-flow demo.
 demo: $(BIN)/priorlab
-	$(BIN)/priorlab reproduce --all --tier smoke
+	$(BIN)/priorlab reproduce --all --tier smoke --jobs 2
 	$(BIN)/priorlab report --results runs/smoke --out runs/smoke
+	$(BIN)/priorlab flow demo --out runs/flow-demo
+	@echo
+	@echo "The evidence: REPORT.md (full-tier verdicts, committed) and results/plots/*.png."
+	@echo "This run: runs/smoke/REPORT.md (pipeline checks) and runs/flow-demo/*.png (scene flow)."
 
 test: $(BIN)/priorlab
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
 
 bench: $(BIN)/priorlab

@@ -115,8 +115,12 @@ def test_cache_redoes_nothing_finished(fake, tmp_path):
     assert len(fake.calls) == 6
     claim, records = load_results(fake.card, "smoke", tmp_path)
     s = summarise(claim, records, "smoke", 3)
-    assert s["verdict"] == REPRODUCED
+    assert s["verdict"] == "pipeline ok"  # the smoke tier judges nothing
+    assert {t["verdict"] for t in s["comparisons"] + s["guards"]} == {"not judged (smoke tier)"}
     assert s["effect"] == pytest.approx(0.2)
+    run_reproductions([fake.card], tier="full", results=tmp_path)
+    claim, records = load_results(fake.card, "full", tmp_path)
+    assert summarise(claim, records, "full", 3)["verdict"] == REPRODUCED
     assert {"git_commit", "versions", "config", "seed", "wall_time_s"} <= set(records[0])
 
 
@@ -141,7 +145,12 @@ def test_corrupt_and_foreign_results_are_named(fake, tmp_path):
     record = json.loads(path.read_text())
     record["config_hash"] = "0" * 16
     path.write_text(json.dumps(record))
-    with pytest.raises(PriorlabError, match="another config"):
+    with pytest.raises(PriorlabError, match="another claim revision"):
+        run_reproductions([fake.card], tier="smoke", results=tmp_path)
+    record["config_hash"], record["config"] = json.loads(
+        (tmp_path / "fake-method" / "smoke" / "method__seed0.json").read_text())["config_hash"], {"size": 4}
+    path.write_text(json.dumps(record))
+    with pytest.raises(PriorlabError, match="another config"):  # the stored hash is not trusted
         run_reproductions([fake.card], tier="smoke", results=tmp_path)
 
 
@@ -153,7 +162,9 @@ def test_report_regenerates_byte_for_byte(fake, tmp_path):
     write_report(results, tmp_path)
     assert (md.read_bytes(), page.read_bytes()) == first
     text = md.read_text()
-    assert "reproduced" in text and "method vs baseline" in text
+    assert "pipeline ok" in text and "method vs baseline" in text
+    sections = text.split("\n## ", 1)[1]  # the intro explains the rule; the results judge nothing
+    assert "reproduced" not in sections and "inconclusive" not in sections
     assert (results / "plots" / "fake-method_smoke.png").stat().st_size > 1000
 
 
@@ -200,3 +211,45 @@ def test_scheduler_step_runs_per_step_or_per_epoch_and_shuffled_batches_cover_on
     batches = shuffled_batches(10, 4, gen)
     assert [len(b) for b in batches] == [4, 4, 2] and sorted(torch.cat(batches).tolist()) == list(range(10))
     assert [len(b) for b in shuffled_batches(10, 4, gen, drop_last=True)] == [4, 4]
+
+
+def test_replication_on_fresh_seeds_runs_them_apart_and_prints_both_verdicts(fake, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PRIORLAB_RESULTS", str(tmp_path / "committed"))
+    assert main(["-q", "reproduce", "fake-method", "--tier", "full", "--results",
+                 str(tmp_path / "committed")]) == 0
+    capsys.readouterr()
+    assert main(["-q", "reproduce", "fake-method", "--tier", "full", "--seed-start", "10",
+                 "--results", str(tmp_path / "replica")]) == 0
+    out = capsys.readouterr().out
+    seeds = sorted(int(p.stem.rsplit("seed", 1)[1]) for p in (tmp_path / "replica").rglob("*__seed*.json"))
+    assert seeds == [10, 10, 11, 11, 12, 12]
+    assert "(seeds 10..)" in out and "committed full tier: reproduced" in out and "agrees" in out
+    assert fake.calls.count(("method", 10)) == 1
+
+
+@pytest.mark.parametrize("mutation", ["non_utf8", "null_metric", "string_metric", "nan_metric", "bool_seed"])
+def test_result_reader_refuses_what_the_writer_never_writes(fake, tmp_path, mutation):
+    run_reproductions([fake.card], tier="smoke", results=tmp_path)
+    path = tmp_path / "fake-method" / "smoke" / "method__seed1.json"
+    record = json.loads(path.read_text())
+    if mutation == "non_utf8":
+        path.write_bytes(b'{"metrics": "\xff\xfe"}')
+    else:
+        record["metrics"]["acc"] = {"null_metric": None, "string_metric": "0.9", "nan_metric": float("nan")}.get(
+            mutation, record["metrics"]["acc"])
+        if mutation == "bool_seed":
+            record["seed"] = True
+        path.write_text(json.dumps(record))
+    with pytest.raises(PriorlabError, match=str(path.name)):
+        load_results(fake.card, "smoke", tmp_path)
+
+
+def test_extra_files_and_foreign_folders_do_not_change_the_report(fake, tmp_path, capsys):
+    run_reproductions([fake.card], tier="smoke", results=tmp_path)
+    extra = tmp_path / "fake-method" / "smoke" / "method__seed7.json"
+    extra.write_text((tmp_path / "fake-method" / "smoke" / "method__seed0.json").read_text())
+    (tmp_path / "not-a-method" / "full").mkdir(parents=True)
+    (tmp_path / "not-a-method" / "full" / "x__seed0.json").write_text("{}")
+    md, _, summaries = write_report(tmp_path, tmp_path / "out")
+    assert [s["runs"] for s in summaries] == [6] and "Runs: 6/6" in md.read_text()
+    assert "not-a-method" in capsys.readouterr().err

@@ -9,39 +9,51 @@ import sys
 import textwrap
 from pathlib import Path
 
-from priorlab.errors import PriorlabError
+from priorlab.errors import PriorlabError, UsageError
 from priorlab.harness.claim import TIERS
 from priorlab.progress import set_quiet
 from priorlab.registry import MethodCard, find, get
 from priorlab.sceneflow.cli import add_flow_subparser
 
-DEFAULT_RESULTS = {"full": Path("results"), "smoke": Path("runs/smoke")}
+SMOKE_RESULTS = Path("runs/smoke")
 
 
-def _full_summary(card: MethodCard, results: Path = DEFAULT_RESULTS["full"]) -> dict | None:
+def committed_results() -> Path:
+    """The committed evidence: ``$PRIORLAB_RESULTS``, else the checkout's ``results/`` (found
+    from the package, so any working directory sees it), else ``./results``."""
+    if os.environ.get("PRIORLAB_RESULTS"):
+        return Path(os.environ["PRIORLAB_RESULTS"])
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "results").is_dir():
+        return checkout / "results"
+    return Path("results")
+
+
+def _full_summary(card: MethodCard, results: Path | None = None) -> dict | None:
     """The summary of the card's stored full-tier results; None when none are stored."""
-    from priorlab.harness.runner import claim_of, load_results, stored_tiers
+    from priorlab.harness.runner import claim_of, load_results
     from priorlab.harness.summary import summarise
 
     claim = claim_of(card)
-    stored = {(m, t): n for m, t, n in stored_tiers(results)}
-    if (claim.method, "full") not in stored:
+    tier_dir = (results or committed_results()) / claim.method / "full"
+    if not tier_dir.is_dir() or not any(tier_dir.glob("*__seed*.json")):
         return None
-    n_seeds = max(stored[(claim.method, "full")], claim.seeds["full"])
-    claim, records = load_results(get(claim.method), "full", results, n_seeds)
-    return summarise(claim, records, "full", n_seeds)
+    claim, records = load_results(get(claim.method), "full", results or committed_results())
+    return summarise(claim, records, "full", claim.seeds["full"])
 
 
 def _status(card: MethodCard) -> str:
-    """The card's reproduction verdict from stored full-tier results, never written by hand."""
+    """The card's reproduction verdict from stored full-tier results, never written by hand:
+    the verdict of the comparisons about this card's method."""
     if not card.reproduction:
         return "no reproduction"
-    summary = _full_summary(card)
+    try:
+        summary = _full_summary(card)
+    except PriorlabError:
+        return f"stale or unreadable results (priorlab info {card.id})"
     if summary is None:
         return "not run"
-    if summary["runs"] < summary["expected_runs"]:
-        return f"incomplete ({summary['runs']}/{summary['expected_runs']} runs)"
-    return summary["verdict"]
+    return summary["cards"].get(card.id, summary["status"])
 
 
 def cmd_list(args) -> int:
@@ -68,6 +80,13 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _test_line(t: dict) -> str:
+    ci = "–" if t["ci_low"] is None else f"[{t['ci_low']:.4g}, {t['ci_high']:.4g}]"
+    effect = "–" if t["effect"] is None else f"{t['effect']:+.4g}"
+    verdict = t["verdict"] + (f" ({t['reason']})" if t["reason"] else "")
+    return f"{t['label']} ({t['metric']}, {t['kind']}): effect {effect}, 95% CI {ci}, {t['n']} seeds -> {verdict}"
+
+
 def render_card(card: MethodCard) -> str:
     p = card.paper
     code = f"{p.code_url} ({p.licence})" if p.code_url else p.licence
@@ -83,18 +102,25 @@ def render_card(card: MethodCard) -> str:
     out += ["use it:", textwrap.indent(card.usage.strip(), "  ")]
     if card.reproduction:
         from priorlab.harness.runner import claim_of
+        from priorlab.harness.summary import clause_table
         claim = claim_of(card)
+        budget = claim.budget.describe() if claim.budget else "not declared"
         out += ["reproduction:"] + [
             textwrap.fill(f"{label}: {text}", 96, initial_indent="  ", subsequent_indent="    ")
-            for label, text in (("claim", claim.statement), ("setting (full tier)", claim.setting["full"]))]
-        out.append(f"  run: priorlab reproduce {claim.method} --tier full    "
-                   f"verdict (results/): {_status(card)}")
-        summary = _full_summary(card)
+            for label, text in (("claim", f"(revision {claim.revision}) {claim.statement}"),
+                                ("setting (full tier)", claim.setting["full"]), ("budget", budget))]
+        for row in clause_table(claim):
+            how = ", ".join(row["tested_by"]) or f"UNTESTED: {row['untested']}"
+            out.append(textwrap.fill(f"clause: {row['clause']} — {how}", 96, initial_indent="  ",
+                                     subsequent_indent="    "))
+        out.append(f"  run: priorlab reproduce {card.seed_id} --tier full    "
+                   f"verdict (committed results): {_status(card)}")
+        try:
+            summary = _full_summary(card)
+        except PriorlabError:
+            summary = None
         for t in (summary["comparisons"] + summary["guards"]) if summary else ():
-            ci = "–" if t["ci_low"] is None else f"[{t['ci_low']:.4g}, {t['ci_high']:.4g}]"
-            effect = "–" if t["effect"] is None else f"{t['effect']:+.4g}"
-            out.append(f"    {t['method']} vs {t['baseline']} ({t['metric']}, {t['kind']}): effect "
-                       f"{effect}, 95% CI {ci}, {t['n']} seeds -> {t['verdict']}")
+            out.append("    " + _test_line(t))
     return "\n".join(out)
 
 
@@ -103,36 +129,62 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _committed_line(card: MethodCard) -> str:
+    try:
+        summary = _full_summary(card)
+    except PriorlabError as e:
+        return f"committed results unreadable ({e})"
+    if summary is None:
+        return "no committed full-tier result"
+    effect = "–" if summary["effect"] is None else f"{summary['effect']:+.4g}"
+    return f"committed full tier: {summary['status']} (first effect {effect})"
+
+
 def cmd_reproduce(args) -> int:
     from priorlab.harness.runner import load_results, reproduction_cards, run_reproductions
     from priorlab.harness.summary import summarise
 
     if not args.ids and not args.all:
-        raise PriorlabError("name at least one method id (or seed id), or pass --all")
+        raise UsageError("name at least one method id (or seed id), or pass --all")
     if args.jobs < 1:
-        raise PriorlabError(f"--jobs must be at least 1, got {args.jobs}")
-    results = Path(args.results) if args.results else DEFAULT_RESULTS[args.tier]
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    replicate = args.seed_start is not None
+    if args.results:
+        results = Path(args.results)
+    elif replicate:
+        results = Path("runs/replicate") / f"{args.tier}-seed{args.seed_start}"
+    else:
+        results = committed_results() if args.tier == "full" else SMOKE_RESULTS
+    seed_start = args.seed_start or 0
     cards = reproduction_cards(None if args.all else args.ids)
     try:
         run_reproductions(cards, tier=args.tier, results=results, n_seeds=args.seeds,
-                          jobs=args.jobs, force=args.force)
+                          jobs=args.jobs, force=args.force, seed_start=seed_start)
     except KeyboardInterrupt:
         print(f"interrupted: finished runs are kept in {results}/; run the same command to resume",
               file=sys.stderr)
         return 130
     summaries = []
     for card in cards:
-        claim, records = load_results(card, args.tier, results, args.seeds)
-        n_seeds = args.seeds or claim.seeds[args.tier]
-        summaries.append(summarise(claim, records, args.tier, n_seeds))
+        claim, records = load_results(card, args.tier, results, args.seeds, seed_start)
+        summary = summarise(claim, records, args.tier, args.seeds or claim.seeds[args.tier])
+        if args.tier == "smoke" or replicate:
+            summary["committed"] = _committed_line(card)
+        summaries.append(summary)
     if args.json:
         print(json.dumps(summaries, indent=1))
     else:
         for s in summaries:
-            ci = "–" if s["ci_low"] is None else f"[{s['ci_low']:.4g}, {s['ci_high']:.4g}]"
-            effect = "–" if s["effect"] is None else f"{s['effect']:+.4g}"
-            print(f"{s['seed_id']:>3} {s['method']:<12} {s['tier']:<5} {s['metric']}: effect {effect} "
-                  f"95% CI {ci} -> {s['verdict']}")
+            head = f"{s['seed_id']:>3} {s['method']:<24} {s['tier']:<5}"
+            if s["tier"] == "smoke":  # the smoke tier checks plumbing; the evidence is the full tier
+                print(f"{head} {s['status']:<20} | {s['committed']}")
+                continue
+            print(f"{head} {s['status']}" + (f"  (seeds {seed_start}..)" if replicate else ""))
+            for t in s["comparisons"] + s["guards"]:
+                print("      " + _test_line(t))
+            if replicate:
+                agree = s["committed"].startswith(f"committed full tier: {s['status']} ")
+                print(f"      {s['committed']} -> {'agrees' if agree else 'DISAGREES'}")
         print(f"results in {results}/", file=sys.stderr)
     return 0
 
@@ -140,7 +192,8 @@ def cmd_reproduce(args) -> int:
 def cmd_report(args) -> int:
     from priorlab.harness.report import write_report
 
-    md, page, summaries = write_report(Path(args.results), Path(args.out))
+    md, page, summaries = write_report(Path(args.results) if args.results else committed_results(),
+                                       Path(args.out))
     print(f"wrote {md} and {page} ({len(summaries)} reproductions)")
     return 0
 
@@ -148,6 +201,8 @@ def cmd_report(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="priorlab", description=__doc__)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback on errors (also PRIORLAB_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="registered methods (PATTERN: shell-style, on id or name)")
@@ -168,15 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the claim's)")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     p.add_argument("--results", default=None,
-                   help="results folder (default: results/ for full, runs/smoke/ for smoke)")
+                   help="results folder (default: the committed results/ for full, runs/smoke/ for smoke)")
     p.add_argument("--force", action="store_true", help="rerun and replace finished runs")
+    p.add_argument("--seed-start", type=int, default=None, metavar="S",
+                   help="replicate on fresh seeds S, S+1, ... into runs/replicate/ (or --results) and "
+                        "print their verdict beside the committed one")
     p.add_argument("--json", action="store_true", help="one JSON object per paper")
     p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
                    help="no progress bars (also accepted before the command)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help="write REPORT.md and report.html from a results folder")
-    p.add_argument("--results", default=str(DEFAULT_RESULTS["full"]))
+    p.add_argument("--results", default=None, help="results folder (default: the committed results/)")
     p.add_argument("--out", default=".", help="folder for REPORT.md and report.html")
     p.set_defaults(func=cmd_report)
 
@@ -185,16 +243,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 ok, 1 bad data or failed run, 2 bad usage, 130 interrupted. Errors are one
+    line on stderr; ``--debug`` (or PRIORLAB_DEBUG=1) shows the traceback instead."""
     args = build_parser().parse_args(argv)
-    set_quiet(args.quiet)
+    if args.quiet:
+        set_quiet(True)  # otherwise PRIORLAB_QUIET (read by priorlab.progress) stands
+    debug = args.debug or os.environ.get("PRIORLAB_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except PriorlabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stdout = open(os.devnull, "w")
         return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        if isinstance(e, PriorlabError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2 if isinstance(e, UsageError) else 1
+        if isinstance(e, OSError):
+            print(f"error: {e.strerror or e} ({e.filename or 'file'}); check the path and its "
+                  "permissions", file=sys.stderr)
+            return 1
+        print(f"error: {type(e).__name__}: {e} — this looks like a bug in priorlab; rerun with "
+              "--debug for the traceback and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
-"""Progress bars that a user can silence (``--quiet`` or ``PRIORLAB_QUIET=1``)."""
+"""Progress bars that a user can silence (``--quiet`` or ``PRIORLAB_QUIET=1``).
+
+Bars are drawn only on a terminal: in a log file or CI, carriage-return updates would pile up
+into thousands of lines, so there they are off.
+"""
 
 import os
+import sys
 
 from tqdm.auto import tqdm
 
@@ -17,6 +22,7 @@ def is_quiet() -> bool:
 
 
 def progress(iterable=None, *, total=None, desc=None, leave=False, disable=None):
-    """A tqdm bar on stderr, off when quiet (or when ``disable`` is true)."""
-    return tqdm(iterable, total=total, desc=desc, leave=leave,
-                disable=_quiet if disable is None else disable, dynamic_ncols=True)
+    """A tqdm bar on stderr, off when quiet, when stderr is no terminal, or when ``disable``."""
+    off = _quiet or not sys.stderr.isatty() if disable is None else disable
+    return tqdm(iterable, total=total, desc=desc, leave=leave, disable=off, dynamic_ncols=True,
+                file=sys.stderr)

@@ -7,6 +7,7 @@ decides the verdict with the one rule in :mod:`priorlab.harness.verdict`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,6 +15,46 @@ from priorlab.errors import PriorlabError
 
 ClaimKind = Literal["superiority", "non-inferiority"]
 TIERS = ("smoke", "full")
+KINDS = ("superiority", "non-inferiority")
+
+
+def _check_thresholds(where: str, kind: str, min_effect: float, margin: float) -> None:
+    if kind not in KINDS:
+        raise PriorlabError(f"{where}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    for name, value in (("min_effect", min_effect), ("margin", margin)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise PriorlabError(f"{where}: {name} must be a finite number >= 0, got {value!r} "
+                                "(a negative threshold would let a worse method pass)")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long the paper trains and how long we do, in one unit (epochs, steps, iterations).
+
+    A negative result obtained with ``ours < paper`` is reported as "inconclusive (under the
+    paper's budget ...)", never as "not reproduced". ``paper=None`` means the paper does not
+    report it; a negative result is then reported as not reproduced only if ``note`` says why
+    our budget is at least comparable.
+    """
+
+    unit: str
+    ours: float
+    paper: float | None
+    note: str = ""
+
+    def __post_init__(self):
+        if not self.unit or not (self.ours > 0):
+            raise PriorlabError(f"budget needs a unit and a positive 'ours', got {self!r}")
+        if self.paper is not None and not self.paper > 0:
+            raise PriorlabError(f"budget 'paper' must be positive or None, got {self.paper!r}")
+
+    @property
+    def under(self) -> bool:
+        return self.paper is not None and self.ours < self.paper
+
+    def describe(self) -> str:
+        paper = "not reported" if self.paper is None else f"{self.paper:,g} {self.unit}"
+        return f"ours {self.ours:,g} {self.unit}, paper {paper}"
 
 
 @dataclass(frozen=True)
@@ -23,6 +64,11 @@ class Comparison:
     superiority: the paired effect (sign-adjusted so that positive is better) is at least
     ``min_effect`` and its confidence interval excludes zero.
     non-inferiority ("matches or beats"): the interval's lower end lies above ``-margin``.
+
+    ``minus=(method2, baseline2)`` turns it into an interaction: the per-seed effect is
+    ``(method - baseline) - (method2 - baseline2)`` (e.g. "the gain grows with batch size").
+    ``clause`` names the clause of the claim it tests; ``card`` the method card it is evidence
+    for (default: the claim's); ``budget`` overrides the claim's budget for this comparison.
     """
 
     method: str
@@ -30,6 +76,23 @@ class Comparison:
     kind: ClaimKind = "superiority"
     min_effect: float = 0.0
     margin: float = 0.0
+    clause: str = ""
+    card: str = ""
+    minus: tuple[str, str] | None = None
+    budget: Budget | None = None
+
+    def __post_init__(self):
+        _check_thresholds(f"comparison {self.method} vs {self.baseline}", self.kind,
+                          self.min_effect, self.margin)
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return (self.method, self.baseline) + (tuple(self.minus) if self.minus else ())
+
+    @property
+    def label(self) -> str:
+        base = f"{self.method} vs {self.baseline}"
+        return f"({base}) - ({self.minus[0]} vs {self.minus[1]})" if self.minus else base
 
 
 @dataclass(frozen=True)
@@ -41,6 +104,54 @@ class Guard:
     kind: ClaimKind = "non-inferiority"
     min_effect: float = 0.0
     margin: float = 0.0
+    clause: str = ""
+
+    def __post_init__(self):
+        _check_thresholds(f"guard on {self.metric}", self.kind, self.min_effect, self.margin)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One arm's metric against a fixed bar the paper states (e.g. "Tr(H) lr / 2 <= 1").
+
+    The per-seed effect is ``sign * (value - bar)`` (sign = +1 when higher is better), judged
+    by the same rule as a comparison with ``kind`` and its threshold.
+    """
+
+    arm: str
+    metric: str
+    bar: float
+    higher_is_better: bool
+    kind: ClaimKind = "superiority"
+    min_effect: float = 0.0
+    margin: float = 0.0
+    clause: str = ""
+    card: str = ""
+
+    def __post_init__(self):
+        _check_thresholds(f"bound on {self.arm}'s {self.metric}", self.kind, self.min_effect, self.margin)
+        if not math.isfinite(self.bar):
+            raise PriorlabError(f"bound on {self.arm}'s {self.metric}: bar must be finite, got {self.bar!r}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.arm} {'>' if self.higher_is_better else '<'} bar {self.bar:g}"
+
+
+@dataclass(frozen=True)
+class Untested:
+    """A clause of the paper's claim that no comparison tests here, and why."""
+
+    clause: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A change to a claim's declaration after it was first registered: its number and why."""
+
+    number: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -57,22 +168,50 @@ class Claim:
     seeds: dict[str, int]  # tier -> default number of seeds
     guards: tuple[Guard, ...] = ()
     paper_value: str = ""  # the number the paper reports, for context
-    revision: int = 1  # bump when run() changes meaning: cached results then no longer match
+    # Revisions after the first declaration, each with its reason (numbers 2, 3, ...). The
+    # current revision is part of every run's config hash: bumping it retires cached results.
+    revisions: tuple[Revision, ...] = ()
+    bounds: tuple[Bound, ...] = ()  # arms' metrics against fixed bars the paper states
+    # The clauses of ``statement``: each is named by some comparison's, guard's or bound's
+    # ``clause``, or listed in ``untested`` with the reason.
+    clauses: tuple[str, ...] = ()
+    untested: tuple[Untested, ...] = ()
+    budget: Budget | None = None  # the full tier's budget against the paper's
+    # metric -> smallest meaningful difference (e.g. 1/n for an accuracy on n items) when the
+    # runs do not report it themselves (RunOutput.resolution)
+    resolution: dict[str, float] = field(default_factory=dict)
     curves: tuple[str, ...] = ()  # names of the curves worth plotting, in order
     extra_metrics: tuple[str, ...] = field(default_factory=tuple)  # also tabulated in the report
     # tier -> the arms run at that tier, when a tier runs fewer than all (e.g. arms on real data
     # that CI's smoke tier cannot reach); comparisons between arms not run are left out.
     tier_arms: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+    @property
+    def revision(self) -> int:
+        return max((r.number for r in self.revisions), default=1)
+
     def arms_for(self, tier: str) -> tuple[str, ...]:
         return self.tier_arms.get(tier, self.arms)
 
     def comparisons_for(self, tier: str) -> tuple[Comparison, ...]:
         arms = set(self.arms_for(tier))
-        return tuple(c for c in self.comparisons if {c.method, c.baseline} <= arms)
+        return tuple(c for c in self.comparisons if set(c.arms) <= arms)
+
+    def budget_of(self, comparison: Comparison) -> Budget | None:
+        return comparison.budget or self.budget
 
     def __post_init__(self):
-        missing = {a for c in self.comparisons for a in (c.method, c.baseline)} - set(self.arms)
+        numbers = [r.number for r in self.revisions]
+        if numbers != list(range(2, 2 + len(numbers))) or any(not r.reason.strip() for r in self.revisions):
+            raise PriorlabError(f"claim of paper {self.seed_id}: revisions must be numbered 2, 3, ... "
+                                f"in order, each with a reason; got {numbers}")
+        named = {c.clause for c in (*self.comparisons, *self.guards, *self.bounds)}
+        named |= {u.clause for u in self.untested}
+        stray = named - set(self.clauses) - {""}
+        if stray:
+            raise PriorlabError(f"claim of paper {self.seed_id} names clause(s) {sorted(stray)} that "
+                                f"are not in clauses={list(self.clauses)}")
+        missing = ({a for c in self.comparisons for a in c.arms} | {b.arm for b in self.bounds}) - set(self.arms)
         if missing:
             raise PriorlabError(
                 f"claim of paper {self.seed_id} compares arm(s) {sorted(missing)} that it does not "
@@ -101,3 +240,8 @@ class RunOutput:
     metrics: dict[str, float]
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # anything worth keeping (e.g. the selected lr)
+    # metric -> smallest meaningful difference in this run (1/n for an accuracy on n items)
+    resolution: dict[str, float] = field(default_factory=dict)
+    # hyperparameter name -> {"grid": [...], "selected": value} for arms tuned over a grid; a
+    # selection on the grid's edge makes the comparisons that use this arm inconclusive
+    tuning: dict[str, dict] = field(default_factory=dict)

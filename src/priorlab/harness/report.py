@@ -11,6 +11,7 @@ import base64
 import html
 import math
 import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from priorlab.errors import PriorlabError  # noqa: E402
+from priorlab.harness.registration import read_lock  # noqa: E402
 from priorlab.harness.runner import claim_of, load_results, stored_tiers  # noqa: E402
 from priorlab.harness.summary import summarise  # noqa: E402
 from priorlab.registry import get  # noqa: E402
@@ -71,42 +74,79 @@ def _plot(claim, records, arms, path: Path) -> None:
     plt.close(fig)
 
 
+def _history(results: Path, claim) -> tuple | None:
+    lock = read_lock(results, claim)
+    if lock is None:
+        return None
+    rows = []
+    for h in lock["history"]:
+        existed = {True: "yes", False: "no", None: "unknown"}[h.get("results_existed")]
+        changed = ", ".join(h["changed"]) if h.get("changed") else ("–" if h.get("changed") is None else "none")
+        rows.append([str(h["revision"]), h["reason"] + (f" ({h['note']})" if h.get("note") else ""),
+                     changed, existed, (h.get("commit") or "–")[:12]])
+    return ("table", ["revision", "reason", "fields changed", "full results existed", "commit"], rows)
+
+
 def _sections(results: Path, out: Path) -> tuple[list, list[dict]]:
     """Report blocks: ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", path)."""
     blocks: list = []
     summaries = []
-    for method_id, tier, n_found in sorted(stored_tiers(results), key=lambda t: (get(t[0]).seed_id, t[1])):
-        card = get(method_id)
-        n_seeds = max(n_found, claim_of(card).seeds[tier])  # missing seeds show as missing runs
+    known = []
+    for method_id, tier in stored_tiers(results):
+        try:
+            known.append((get(method_id), tier))
+        except PriorlabError:
+            print(f"warning: {results / method_id} is no registered method's results; skipped",
+                  file=sys.stderr)
+    for card, tier in sorted(known, key=lambda t: (t[0].seed_id, t[1])):
+        claim = claim_of(card)
+        n_seeds = claim.seeds[tier]  # the declared seeds; missing ones show as missing runs
         claim, records = load_results(card, tier, results, n_seeds)
         s = summarise(claim, records, tier, n_seeds)
         summaries.append(s)
         paper = card.paper
-        blocks.append(("h", 2, f"{paper.seed_id} — {card.name} ({tier} tier): {s['verdict']}"))
+        blocks.append(("h", 2, f"{paper.seed_id} — {card.name} ({tier} tier): {s['status']}"))
         blocks.append(("p", f"**Paper**: {paper.title} — {paper.authors}, {paper.venue} {paper.year}, "
                             f"arXiv {paper.arxiv}. Card: `priorlab info {card.id}`."))
-        blocks.append(("p", f"**Claim**: {claim.statement}"))
+        blocks.append(("p", f"**Claim** (revision {claim.revision}): {claim.statement}"))
         if claim.paper_value:
             blocks.append(("p", f"**Paper reports**: {claim.paper_value}"))
         blocks.append(("p", f"**Setting**: {s['setting']}"))
+        if tier == "full" and claim.budget:
+            blocks.append(("p", f"**Budget**: {claim.budget.describe()}"
+                                + (f" — {claim.budget.note}" if claim.budget.note else "")
+                                + (" (**under the paper's budget**)" if claim.budget.under else "")))
+        if len(s["cards"]) > 1:
+            blocks.append(("p", "**Per method**: " + "; ".join(f"`{k}`: {v}" for k, v in s["cards"].items())))
         if tier == "smoke":
-            blocks.append(("p", "*Smoke tier: a pipeline check at toy size and two seeds; its "
-                                "verdict says nothing about the paper. The full tier is the evidence.*"))
+            blocks.append(("p", "*Smoke tier: a pipeline check at toy size; nothing is judged here. "
+                                "The full tier is the evidence.*"))
+        if s["clauses"]:
+            blocks.append(("table", ["clause of the claim", "tested by", "untested because"],
+                           [[c["clause"], ", ".join(c["tested_by"]) or "–", c["untested"] or "–"]
+                            for c in s["clauses"]]))
         blocks.append(_arm_table(s, claim.arms_for(tier)))
         tests = s["comparisons"] + s["guards"]
-        blocks.append(("table", ["method vs baseline", "metric", "kind", "threshold", "n seeds",
+        blocks.append(("table", ["comparison", "metric", "kind", "threshold", "n seeds",
                                  "effect", "95% CI", "verdict"],
-                       [[f"{t['method']} vs {t['baseline']}", t["metric"], t["kind"], _fmt(t["threshold"]),
+                       [[t["label"], t["metric"], t["kind"], _fmt(t["threshold"]),
                          str(t["n"]), _fmt(t["effect"]), f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}]",
-                         t["verdict"]] for t in tests]))
+                         t["verdict"] + (f" ({t['reason']})" if t["reason"] else "")] for t in tests]))
         plot = results / "plots" / f"{card.id}_{tier}.png"
         _plot(claim, records, claim.arms_for(tier), plot)
         blocks.append(("img", plot))
+        history = _history(results, claim) if tier == "full" else None
+        if history:
+            blocks.append(("p", "**Claim history** (the lock `claim.lock.json` beside the results):"))
+            blocks.append(history)
         versions = "; ".join(", ".join(f"{k} {v}" for k, v in vs.items()) for vs in s["versions"])
         blocks.append(("p", f"Runs: {s['runs']}/{s['expected_runs']}, total run time {s['wall_time_s']} s; "
                             f"commits: {', '.join(c[:12] + ('+dirty' if c.endswith('+dirty') else '') for c in s['git_commits'])}; "
                             f"{versions}. Effects are method minus baseline, signed so that positive "
-                            "favours the method; intervals are paired 95% t-intervals over seeds."))
+                            "favours the method; intervals are paired 95% t-intervals over seeds, "
+                            "never narrower than the metric's resolution. Rerun: "
+                            f"`priorlab reproduce {card.seed_id} --tier {tier}`; replicate on fresh "
+                            f"seeds: `priorlab reproduce {card.seed_id} --tier {tier} --seed-start 100`."))
     return blocks, summaries
 
 
@@ -128,9 +168,12 @@ def _arm_table(summary: dict, arms) -> tuple:
 
 def _overview(summaries) -> tuple:
     rows = [[str(s["seed_id"]), s["method"], s["tier"], s["metric"], _fmt(s["effect"]),
-             f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]", s["verdict"]] for s in summaries]
+             f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]", s["status"],
+             "; ".join(f"{k}: {v}" for k, v in s["cards"].items()) if len(s["cards"]) > 1 else "–",
+             str(sum(1 for c in s["clauses"] if c["untested"] and not c["tested_by"]))]
+            for s in summaries]
     return ("table", ["seed id", "method", "tier", "metric", "effect (first comparison)", "95% CI",
-                      "verdict"], rows)
+                      "verdict", "per method", "untested clauses"], rows)
 
 
 def _markdown(blocks, out: Path) -> str:
@@ -188,7 +231,12 @@ def write_report(results: Path, out: Path) -> tuple[Path, Path, list[dict]]:
                    "never edited by hand. Verdicts follow the one rule in `priorlab.harness.verdict`: "
                    "superiority claims need the mean paired effect at or above the declared minimum and "
                    "a 95% interval excluding zero; non-inferiority claims need the interval's lower end "
-                   "above minus the declared margin; guard metrics must hold too.")]
+                   "above minus the declared margin; guard metrics must hold too. Intervals are never "
+                   "narrower than the metric's resolution; a negative result below the paper's "
+                   "training budget, or with an arm tuned at the edge of its grid, is inconclusive. "
+                   "Each claim was registered (frozen) before its first full-tier result; its "
+                   "history lists every later revision and its reason. Provenance (commit, library "
+                   "versions, BLAS, CPU) closes each section.")]
     if not summaries:
         intro.append(("p", "No results found."))
     blocks = intro + ([_overview(summaries)] if summaries else []) + sections

@@ -2,8 +2,9 @@
 
 Layout: ``<results>/<method id>/<tier>/<arm>__seed<k>.json``. A file is written atomically
 when its run finishes, so Ctrl-C (or a crash) loses only the runs in flight, and a re-run
-redoes nothing finished. Each file records the config hash; a file whose hash does not match
-the current config (or that does not parse) stops the run with an error naming it.
+redoes nothing finished. Each file records its config; a file whose config (hashed anew on
+reading) does not match the current one, or that does not parse, stops with an error naming it.
+A full-tier run first registers the claim (:mod:`priorlab.harness.registration`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import importlib
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from pathlib import Path
 
 from priorlab.errors import PriorlabError
 from priorlab.harness.claim import TIERS, Claim, RunOutput
+from priorlab.harness.provenance import environment, git_commit
+from priorlab.harness.registration import register
 from priorlab.progress import is_quiet, progress, set_quiet
 from priorlab.registry import MethodCard, all_cards, get
 
@@ -51,13 +52,24 @@ def claim_of(card: MethodCard) -> Claim:
     return reproduction_module(card).CLAIM
 
 
+def _cards_for(key) -> list[MethodCard]:
+    """The card a key names; a seed id of a paper with several methods names all of them
+    (they share the paper's one reproduction)."""
+    text = str(key).strip()
+    if text.isdigit():
+        matches = [c for c in all_cards() if c.seed_id == int(text) and c.reproduction]
+        if matches:
+            return matches
+    return [get(text)]
+
+
 def reproduction_cards(keys=None) -> list[MethodCard]:
     """Cards to reproduce: the named ones (slug or seed id), or every card owning a claim.
 
     Several cards can share one reproduction (e.g. stablemax and perpgrad); it runs once, under
     the card its claim names.
     """
-    cards = [get(k) for k in keys] if keys else [c for c in all_cards() if c.reproduction]
+    cards = [c for k in keys for c in _cards_for(k)] if keys else [c for c in all_cards() if c.reproduction]
     owners: dict[str, MethodCard] = {}
     for card in cards:
         owner = get(claim_of(card).method)
@@ -76,55 +88,61 @@ def run_path(results: Path, claim: Claim, tier: str, arm: str, seed: int) -> Pat
     return Path(results) / claim.method / tier / f"{arm}__seed{seed}.json"
 
 
-def read_result(path: Path, expected_hash: str | None = None) -> dict:
-    """Load one result file, with a clear error when it is corrupt or from another config."""
+def _corrupt(path: Path, problem: str) -> PriorlabError:
+    return PriorlabError(f"results file {path} {problem}; delete it or rerun with --force")
+
+
+def read_result(path: Path, job: Job | None = None) -> dict:
+    """Load one result file, with a clear error when it is corrupt or from another config.
+
+    Nothing stored is trusted: the metrics must be finite numbers, and the config hash is
+    recomputed from the current claim rather than read from the file.
+    """
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PriorlabError(f"results file {path} is unreadable or corrupt ({e.__class__.__name__}); "
-                            "delete it or rerun with --force") from e
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _corrupt(path, f"is unreadable or corrupt ({e.__class__.__name__})") from e
     missing = [k for k in RESULT_KEYS if k not in data] if isinstance(data, dict) else RESULT_KEYS
     if missing:
-        raise PriorlabError(f"results file {path} lacks {', '.join(missing)}; "
-                            "delete it or rerun with --force")
-    if expected_hash is not None and data["config_hash"] != expected_hash:
-        raise PriorlabError(f"results file {path} is from another config (hash {data['config_hash']}, "
-                            f"current {expected_hash}); rerun with --force to replace it")
+        raise _corrupt(path, f"lacks {', '.join(missing)}")
+    metrics = data["metrics"]
+    if not isinstance(metrics, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in metrics.values()):
+        raise _corrupt(path, "has a metric that is not a finite number")
+    for key, kind in (("seed", int), ("arm", str), ("tier", str), ("wall_time_s", (int, float)),
+                      ("versions", dict), ("curves", dict)):
+        if not isinstance(data[key], kind) or isinstance(data[key], bool):
+            raise _corrupt(path, f"has an invalid {key!r}")
+    if job is not None:
+        if (data["arm"], data["seed"], data["tier"]) != (job.arm, job.seed, job.tier):
+            raise _corrupt(path, f"holds arm {data['arm']!r} seed {data['seed']} of tier "
+                                 f"{data['tier']!r}, not what its name says")
+        if data["config"] != json.loads(json.dumps(job.config, default=str)):
+            raise PriorlabError(f"results file {path} is from another config or claim revision "
+                                f"(current hash {job.config_hash}); rerun with --force to replace it")
+        if data["config_hash"] != job.config_hash:
+            raise PriorlabError(f"results file {path} is from another claim revision (hash "
+                                f"{data['config_hash']}, current {job.config_hash}); rerun with "
+                                "--force to replace it")
     return data
 
 
-def plan(card: MethodCard, tier: str, n_seeds: int | None, results: Path) -> tuple[Claim, list[Job]]:
+def plan(card: MethodCard, tier: str, n_seeds: int | None, results: Path,
+         seed_start: int = 0) -> tuple[Claim, list[Job]]:
+    """The jobs of a card's claim at a tier: seeds ``seed_start .. seed_start + n - 1``."""
     if tier not in TIERS:
         raise PriorlabError(f"unknown tier {tier!r}; use one of {', '.join(TIERS)}")
     claim = claim_of(card)
     seeds = claim.seeds[tier] if n_seeds is None else n_seeds
     if seeds < 1:
         raise PriorlabError(f"--seeds must be at least 1, got {seeds}")
+    if seed_start < 0:
+        raise PriorlabError(f"--seed-start must be >= 0, got {seed_start}")
     jobs = [Job(card.reproduction, arm, tier, seed, claim.tiers[tier],
                 config_hash(claim, arm, tier, seed), run_path(results, claim, tier, arm, seed))
-            for seed in range(seeds) for arm in claim.arms_for(tier)]
+            for seed in range(seed_start, seed_start + seeds) for arm in claim.arms_for(tier)]
     return claim, jobs
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict:
-    import numpy
-    import torch
-
-    import priorlab
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "priorlab": priorlab.__version__}
 
 
 def execute(job: Job) -> dict:
@@ -157,8 +175,9 @@ def execute(job: Job) -> dict:
     record = {"seed_id": claim.seed_id, "method": claim.method, "arm": job.arm, "tier": job.tier,
               "seed": job.seed, "config": job.config, "config_hash": job.config_hash,
               "metrics": {k: float(v) for k, v in out.metrics.items()}, "curves": out.curves,
-              "info": out.info, "wall_time_s": round(time.perf_counter() - start, 3),
-              "git_commit": _git_commit(), "versions": _versions(), "torch_threads": 1}
+              "info": out.info, "resolution": {k: float(v) for k, v in out.resolution.items()},
+              "tuning": out.tuning, "wall_time_s": round(time.perf_counter() - start, 3),
+              "git_commit": git_commit(), "versions": environment(), "torch_threads": 1}
     job.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = job.path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=float))
@@ -167,14 +186,19 @@ def execute(job: Job) -> dict:
 
 
 def run_reproductions(cards: list[MethodCard], *, tier: str, results: Path, n_seeds: int | None = None,
-                      jobs: int = 1, force: bool = False) -> None:
-    """Run every missing (or, with ``force``, every) job of the given cards."""
+                      jobs: int = 1, force: bool = False, seed_start: int = 0) -> None:
+    """Run every missing (or, with ``force``, every) job of the given cards.
+
+    At the full tier each claim is registered (or checked against its lock) before any run.
+    """
     todo: list[Job] = []
     for card in cards:
-        _, planned = plan(card, tier, n_seeds, results)
+        claim, planned = plan(card, tier, n_seeds, results, seed_start)
+        if tier == "full":
+            register(claim, results, git_commit())
         for job in planned:
             if job.path.exists() and not force:
-                read_result(job.path, job.config_hash)  # fail early on a stale or corrupt file
+                read_result(job.path, job)  # fail early on a stale or corrupt file
                 continue
             todo.append(job)
     if not todo:
@@ -201,18 +225,21 @@ def run_reproductions(cards: list[MethodCard], *, tier: str, results: Path, n_se
         bar.close()
 
 
-def load_results(card: MethodCard, tier: str, results: Path, n_seeds: int | None = None) -> tuple[Claim, list[dict]]:
+def load_results(card: MethodCard, tier: str, results: Path, n_seeds: int | None = None,
+                 seed_start: int = 0) -> tuple[Claim, list[dict]]:
     """The finished runs of the card's plan (missing ones are left out)."""
-    claim, planned = plan(card, tier, n_seeds, results)
-    return claim, [read_result(j.path, j.config_hash) for j in planned if j.path.exists()]
+    claim, planned = plan(card, tier, n_seeds, results, seed_start)
+    return claim, [read_result(j.path, j) for j in planned if j.path.exists()]
 
 
-def stored_tiers(results: Path) -> list[tuple[str, str, int]]:
-    """(method id, tier, number of seeds) for every tier folder present under ``results``."""
-    found = []
-    for tier_dir in sorted(Path(results).glob("*/*")):
-        if tier_dir.is_dir() and tier_dir.name in TIERS:
-            seeds = {p.stem.rsplit("__seed", 1)[-1] for p in tier_dir.glob("*__seed*.json")}
-            if seeds:
-                found.append((tier_dir.parent.name, tier_dir.name, len(seeds)))
-    return found
+def stored_tiers(results: Path) -> list[tuple[str, str]]:
+    """(method id, tier) for every tier folder holding result files under ``results``.
+
+    Folders are listed as found; a folder whose name is no registered method is the caller's
+    to report (see :func:`priorlab.harness.report.write_report`).
+    """
+    results = Path(results)
+    if not results.is_dir():
+        raise PriorlabError(f"results folder {results} does not exist")
+    return [(d.parent.name, d.name) for d in sorted(results.glob("*/*"))
+            if d.is_dir() and d.name in TIERS and any(d.glob("*__seed*.json"))]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from priorlab.data.images import load_images
 from priorlab.errors import did_you_mean
-from priorlab.harness.claim import Claim, Comparison, RunOutput
+from priorlab.harness.claim import Budget, Claim, Comparison, Revision, RunOutput, Untested
 from priorlab.models import SmallCNN
 from priorlab.nn.compander import apply_weight_compander, effective_weights
 from priorlab.seed import seed_everything
@@ -53,16 +53,28 @@ CLAIM = Claim(
     # min_effect 0.005 (half a point, ~3.5 of 719 test images): the smallest gain that would make
     # a regulariser worth adding; the paper's own numbers could not be retrieved.
     comparisons=(
-        Comparison(method="compander", baseline="plain", kind="superiority", min_effect=0.005),
+        Comparison(method="compander", baseline="plain", kind="superiority", min_effect=0.005,
+                   clause="the compander improves test accuracy alone"),
         Comparison(method="compander_wd", baseline="plain_wd", kind="superiority",
-                   min_effect=0.005),
+                   min_effect=0.005, clause="the compander improves test accuracy on top of weight decay"),
     ),
+    clauses=("the compander improves test accuracy alone",
+             "the compander improves test accuracy on top of weight decay",
+             "the gain holds for large image classifiers"),
+    untested=(Untested("the gain holds for large image classifiers",
+                       "CPU budget: 8x8 digits and a two-layer CNN stand in for the paper's "
+                       "CIFAR/ImageNet networks"),),
+    budget=Budget("epochs", ours=60, paper=None,
+                  note="the paper's schedules could not be retrieved here; 60 epochs on 200 images "
+                       "train every arm to ~100% training accuracy"),
+    revisions=(Revision(2, "restore the 20 full-tier seeds first declared; they had been cut to 10 "
+                           "before claims were locked, which an outside review found decisive"),),
     tiers={
         "smoke": {**_COMMON, "n_train": 100, "channels": 8, "epochs": 3},
         "full": {**_COMMON, "n_train": 200, "epochs": 60},
     },
-    # 10 seeds as first declared; a 5-seed pilot had been run at this setting before that choice.
-    seeds={"smoke": 2, "full": 10},
+    # 20 seeds, as first declared (revision 2 restores them; see revisions).
+    seeds={"smoke": 2, "full": 20},
     paper_value="not retrieved (paper text and code unavailable here); the abstract claims a gain.",
     curves=("test_acc", "weight_hist"),
     extra_metrics=("train_acc", "weight_abs_mean", "weight_near_zero", "weight_abs_max"),
@@ -119,4 +131,5 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     }
     info = {"compander": use_compander, "weight_decay": cfg["weight_decay"] if use_wd else 0.0,
             "final_train_loss": history["loss/task"][-1], "n_weights": int(weights.size)}
-    return RunOutput(metrics=metrics, curves=curves, info=info)
+    return RunOutput(metrics=metrics, curves=curves, info=info,
+                     resolution={"test_acc": 1 / len(y_test), "train_acc": 1 / len(y_train)})
