@@ -132,18 +132,30 @@ def purifier_loss(x: torch.Tensor, reconstruction: torch.Tensor, mu: torch.Tenso
     return (recon + kl_weight * kl).mean()
 
 
+BACKWARDS = ("full", "identity")
+
+
 class PurifiedClassifier(nn.Module):
-    """``classifier(purifier.purify(x))``. With ``bpda=True`` the backward pass treats the
-    purifier as the identity (BPDA, Athalye et al. arXiv:1802.00420), which an adaptive attacker
-    uses when the quantiser's true gradient is zero almost everywhere."""
+    """``classifier(purifier.purify(x))``, and the gradient an adaptive attacker uses.
+
+    ``backward="full"`` (default) differentiates through the whole purifier: encoder, the
+    reparametrised sample, the quantiser's straight-through gradient (BPDA applied to the one
+    non-differentiable layer, as Athalye et al. arXiv:1802.00420 prescribe) and decoder; EOT
+    over the sampling is the attack's job (``pgd(..., eot=k)``). ``backward="identity"`` treats
+    the whole purifier as the identity in the backward pass (a weaker BPDA that ignores what the
+    encoder and decoder do to the gradient), kept to compare the two.
+    """
 
     def __init__(self, purifier: QuantisedVAEPurifier, classifier: nn.Module, *,
-                 bpda: bool = False, sample: bool = True):
+                 backward: str = "full", sample: bool = True):
         super().__init__()
-        self.purifier, self.classifier, self.bpda, self.sample = purifier, classifier, bpda, sample
+        if backward not in BACKWARDS:
+            raise PriorlabError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
+        self.purifier, self.classifier = purifier, classifier
+        self.backward, self.sample = backward, sample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         purified = self.purifier.purify(x, sample=self.sample)
-        if self.bpda:
+        if self.backward == "identity":
             purified = x + (purified - x).detach()
         return self.classifier(purified)

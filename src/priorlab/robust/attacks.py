@@ -8,13 +8,16 @@
 
 Both maximise the cross-entropy of ``model(x)`` against the true labels. For a stochastic
 defence, ``eot`` averages the gradient over that many forward passes (expectation over
-transformation, Athalye et al. arXiv:1802.00420); for a non-differentiable one, pass a model
-whose backward is the identity through the defence (BPDA, same paper).
+transformation, Athalye et al. arXiv:1802.00420); for a non-differentiable layer, pass a model
+whose backward replaces only that layer by a differentiable approximation (BPDA, same paper).
+``strongest_per_example`` combines several attacks: per example, it keeps the candidate input
+with the highest expected loss, as an attacker running all of them would.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,3 +91,23 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
         x_adv = x_adv + alpha * grad.sign()
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
     return x_adv.detach()
+
+
+@torch.no_grad()
+def strongest_per_example(model: nn.Module, candidates: Sequence[torch.Tensor], y: torch.Tensor, *,
+                          eot: int = 1) -> torch.Tensor:
+    """Per example, the candidate (adversarial) input whose cross-entropy under ``model``,
+    averaged over ``eot`` forward passes, is highest. The attacker decides with its own forward
+    passes, so a stochastic defence evaluated afterwards draws fresh randomness."""
+    if isinstance(candidates, torch.Tensor) or not isinstance(candidates, Sequence) or not candidates:
+        raise PriorlabError("candidates must be a non-empty list of input tensors, one per attack")
+    for c in candidates:
+        _check_inputs(model, c, y)
+        if c.shape != candidates[0].shape:
+            raise PriorlabError(f"candidates must share one shape, got {tuple(c.shape)} and "
+                                f"{tuple(candidates[0].shape)}")
+    _check_eot(eot)
+    losses = torch.stack([sum(F.cross_entropy(model(c), y, reduction="none") for _ in range(eot))
+                          for c in candidates])
+    best = losses.argmax(0)
+    return torch.stack(list(candidates))[best, torch.arange(len(y))]
