@@ -4,13 +4,15 @@ A teacher (MLP encoder + DINO head) is drawn at random and frozen; a student of 
 architecture (a fresh random draw, or the teacher plus a small perturbation) minimises
 ``distillation_loss(student(x), teacher(x), tau_s=1, tau_t=1)`` on un-augmented training images
 (the official ``cifar10_distillation_v2`` settings: AdamW, lr 1e-3 x batch/256, no weight
-decay, no centering). The metric is the test accuracy of a linear probe (L-BFGS logistic
-regression on standardised features) fitted on labelled training images' encoder features;
-a cosine k-NN accuracy (k=20) is recorded beside it.
+decay, no centering; the head as the official ``DINOHead`` defaults: trunc-normal std 0.02
+init, zero biases, no effective weight normalisation of the last layer). The metric is the test
+accuracy of a linear probe (L-BFGS logistic regression on standardised features) fitted on
+labelled training images' encoder features; a cosine k-NN accuracy (k=20) is recorded beside it.
 
 Arms: ``raw`` (probe the pixels), ``teacher`` (the random teacher's encoder), ``student``
 (after distillation), ``noise_student`` (distilled on Gaussian-noise inputs instead of images),
-``near_init_student`` (student initialised at (teacher + eps * fresh) / sqrt(1 + eps^2)).
+``near_init_student`` (student initialised at teacher + eps * fresh, the official
+``s_init='neighborhood'`` without the optional variance-preserving correction).
 The teacher of one seed is the same network in every arm, so the comparisons are paired.
 """
 
@@ -25,7 +27,7 @@ from torch import nn
 from priorlab.data.images import load_images
 from priorlab.diagnostics.probe import linear_probe
 from priorlab.errors import did_you_mean
-from priorlab.harness.claim import Claim, Comparison, RunOutput
+from priorlab.harness.claim import Budget, Claim, Comparison, Revision, RunOutput, Untested
 from priorlab.methods.random_teacher import RandomTeacher, neighbourhood_init
 from priorlab.nn.dino_head import DinoHead, DinoModel
 from priorlab.seed import seed_everything
@@ -34,38 +36,66 @@ from priorlab.train import fit
 ARMS = ("raw", "teacher", "student", "noise_student", "near_init_student")
 TRAINED = {"student": "random", "noise_student": "random", "near_init_student": "neighbourhood"}
 
+# head_init / last_weight_norm / var_preserving: the official defaults (see the method card)
 _COMMON = {"tau_s": 1.0, "tau_t": 1.0, "lr": 1e-3, "batch_size": 128, "eps": 0.1, "knn_k": 20,
-           "probe_l2": 1e-3}
+           "probe_l2": 1e-3, "head_init": "trunc_normal", "last_weight_norm": False,
+           "var_preserving": False}
+
+_BEATS_TEACHER = "a student distilled from a frozen random teacher probes clearly better than it"
+_DATA_DEPENDENT = "the gain depends on the data: distilling on random inputs loses it"
+_NEAR_INIT = "feature learning is amplified when the student starts near the teacher"
+_TRANSFER = "the student's representations transfer between tasks"
+_LOTTERY = ("the student checkpoint holds sparse subnetworks (lottery tickets) and lies on the "
+            "border of linear basins of the supervised loss landscape")
 
 CLAIM = Claim(
     seed_id=5,
     method="random-teacher",
     statement=("A student distilled from a frozen random teacher (same view, no augmentation, "
                "no labels) has clearly better linear-probe accuracy than its teacher; the gain "
-               "depends on the data (distilling on random inputs loses it) and grows when the "
-               "student starts near the teacher."),
+               "depends on the data (distilling on random inputs loses it), the representations "
+               "transfer between tasks, the student holds lottery tickets at the border of "
+               "linear basins, and the gain grows when the student starts near the teacher."),
     setting={
         "smoke": ("scikit-learn digits (1,078 train for distillation and probing, 360 test), "
                   "MLP encoder 64-64-64, head (64,) -> 32 -> 256, 2 epochs; checks the plumbing."),
         "full": ("Fashion-MNIST: 4,000 unlabelled training images for distillation, a linear "
                  "probe fitted on 2,000 labelled training images and tested on 2,000 test "
                  "images; MLP encoder 784-256-256 (ReLU), DINO head hidden (256, 256) GELU, "
-                 "l2 bottleneck 64, out_dim 1024, tau_s = tau_t = 1, no centering, AdamW "
-                 "lr 1e-3 x 128/256, batch 128, no weight decay, 10 epochs (~310 steps); "
-                 "near-init eps 0.1. Changed from the paper (ResNet18/VGG11 on CIFAR, head "
-                 "2048x2 -> 256 -> 65536, hundreds of epochs) to fit a CPU budget."),
+                 "l2 bottleneck 64, out_dim 1024, head Linears trunc-normal std 0.02 with zero "
+                 "bias, last layer not weight-normalised (both the official defaults), "
+                 "tau_s = tau_t = 1, no centering, AdamW lr 1e-3 x 128/256, batch 128, no weight "
+                 "decay, 10 epochs (~320 steps); near-init student = teacher + 0.1 * fresh "
+                 "(no variance-preserving correction, the official default). Changed from the "
+                 "paper (ResNet18/VGG11 on CIFAR, head 2048x2 -> 256 -> 65536, 100 epochs by "
+                 "the official default) to fit a CPU budget."),
     },
     metric="probe_acc",
     higher_is_better=True,
     arms=ARMS,
     # The paper's student gains are tens of points on CIFAR; on Fashion-MNIST a random MLP
-    # already probes well, so 1 point is the bar for "clearly better". All three effects are
-    # claims of the abstract, so all three enter the verdict: the headline (student vs
-    # teacher), data dependence (image-trained student vs noise-trained student) and the
-    # local amplification (near-init student vs random-init student, any positive gain).
-    comparisons=(Comparison("student", "teacher", "superiority", min_effect=0.01),
-                 Comparison("student", "noise_student", "superiority", min_effect=0.01),
-                 Comparison("near_init_student", "student", "superiority", min_effect=0.0)),
+    # already probes well, so 1 point is the bar for "clearly better". The three effects we can
+    # test all enter the verdict: the headline (student vs teacher), data dependence
+    # (image-trained student vs noise-trained student) and the local amplification (near-init
+    # student vs random-init student, any positive gain).
+    comparisons=(Comparison("student", "teacher", "superiority", min_effect=0.01,
+                            clause=_BEATS_TEACHER),
+                 Comparison("student", "noise_student", "superiority", min_effect=0.01,
+                            clause=_DATA_DEPENDENT),
+                 Comparison("near_init_student", "student", "superiority", min_effect=0.0,
+                            clause=_NEAR_INIT)),
+    clauses=(_BEATS_TEACHER, _DATA_DEPENDENT, _TRANSFER, _LOTTERY, _NEAR_INIT),
+    untested=(Untested(_TRANSFER, "needs a second labelled task to probe on; one dataset here"),
+              Untested(_LOTTERY, "needs iterative magnitude pruning and supervised fine-tuning "
+                                 "runs with interpolation, far beyond the CPU budget")),
+    budget=Budget(unit="epochs", ours=10, paper=100,
+                  note=("official dino.py default --n_epochs 100, not overridden by "
+                        "configs/cifar10_distillation_v2.json; ours: 10 epochs over 4,000 "
+                        "Fashion-MNIST images (~320 steps) vs 100 CIFAR-10 epochs (~19,500 steps)")),
+    revisions=(Revision(2, "fidelity pass (issue 17): head init trunc-normal std 0.02 with zero "
+                           "bias, last layer without weight normalisation, near-init without the "
+                           "variance-preserving correction, as the official dinopl defaults; "
+                           "clauses, budget and resolution declared; declared before rerunning"),),
     tiers={
         "smoke": dict(dataset="digits", n_distill=None, n_probe=None, n_test=None,
                       encoder=[64, 64], head_hidden=[64], bottleneck=32, out_dim=256, epochs=2,
@@ -104,7 +134,8 @@ def _model(in_dim: int, cfg: dict) -> DinoModel:
         layers += [nn.Linear(prev, width), nn.ReLU()]
         prev = width
     return DinoModel(nn.Sequential(*layers),
-                     DinoHead(prev, cfg["out_dim"], cfg["head_hidden"], cfg["bottleneck"]))
+                     DinoHead(prev, cfg["out_dim"], cfg["head_hidden"], cfg["bottleneck"],
+                              init=cfg["head_init"], weight_norm_last=cfg["last_weight_norm"]))
 
 
 def _knn_accuracy(train_f, train_y, test_f, test_y, k: int) -> float:
@@ -121,6 +152,11 @@ def _scores(features, d, cfg) -> dict[str, float]:
             "knn_acc": _knn_accuracy(train_f, d["probe_y"], test_f, d["test_y"], cfg["knn_k"])}
 
 
+def _resolution(d) -> dict[str, float]:
+    step = 1 / len(d["test_y"])  # one test image
+    return {"probe_acc": step, "knn_acc": step}
+
+
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in ARMS:
         raise did_you_mean(arm, ARMS, "arm of paper 5 (random teacher)")
@@ -129,14 +165,14 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     in_dim = d["distill"].shape[1]
     teacher = _model(in_dim, cfg).eval().requires_grad_(False)
     if arm == "raw":
-        return RunOutput(metrics=_scores(lambda x: x, d, cfg))
+        return RunOutput(metrics=_scores(lambda x: x, d, cfg), resolution=_resolution(d))
     if arm == "teacher":
         with torch.no_grad():
-            return RunOutput(metrics=_scores(teacher.embed, d, cfg))
+            return RunOutput(metrics=_scores(teacher.embed, d, cfg), resolution=_resolution(d))
 
     student = _model(in_dim, cfg)  # a second, independent random draw
     if TRAINED[arm] == "neighbourhood":
-        neighbourhood_init(student, teacher, cfg["eps"])
+        neighbourhood_init(student, teacher, cfg["eps"], cfg["var_preserving"])
     inputs = d["distill"]
     if arm == "noise_student":
         inputs = torch.randn(inputs.shape, generator=gen)  # same size, no image structure
@@ -162,5 +198,5 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     curves = {"probe_acc": {"x": epochs, "y": history["probe_acc"]},
               "distill_loss": {"x": [float(e + 1) for e in range(cfg["epochs"])],
                                "y": history["loss/distill"]}}
-    return RunOutput(metrics=metrics, curves=curves,
+    return RunOutput(metrics=metrics, curves=curves, resolution=_resolution(d),
                      info={"steps": cfg["epochs"] * -(-len(inputs) // cfg["batch_size"])})
