@@ -1,46 +1,107 @@
-"""Generalised Gaussian (GG) priors on weights: initialisation, shape estimation, BackSlash
-penalty and DeepShape reshaping.
+"""Generalised Gaussian (GG) priors on weights: initialisation, shape estimation, the BackSlash
+rate-constrained step, DeepShape reshaping and magnitude pruning.
 
 Wu et al., "It Takes a Good Model to Train a Good Model: Generalized Gaussian Priors for
-Optimized LLMs", arXiv:2506.00486 (building on "BackSlash: Rate Constrained Optimized Training
-of Large Language Models", 2025). A zero-mean GG with scale ``a`` and shape ``nu`` has density
-``nu / (2 a Gamma(1/nu)) exp(-(|w|/a)^nu)`` and variance ``a^2 Gamma(3/nu) / Gamma(1/nu)``;
-``nu = 2`` is Gaussian, ``nu = 1`` Laplacian, ``nu < 1`` peakier and heavier-tailed.
+Optimized LLMs", arXiv:2506.00486, and its predecessor "BackSlash: Rate Constrained Optimized
+Training of Large Language Models", arXiv:2504.16968. Official code: the gg_prior space, read
+from the co-author's copy phuang1024/DBS, folder gg_prior/, commit 981a0308. A zero-mean GG with
+scale ``a`` and shape ``nu`` has density ``nu / (2 a Gamma(1/nu)) exp(-(|w|/a)^nu)`` and
+variance ``a^2 Gamma(3/nu) / Gamma(1/nu)``; ``nu = 2`` is Gaussian, ``nu = 1`` Laplacian.
 
-- :func:`gg_init_`: ``w = a sign(u) G^(1/nu)``, ``G ~ Gamma(1/nu, 1)``, ``a`` set so the
-  variance matches a target (by default PyTorch's default Linear/Conv init variance).
-- :func:`estimate_gg_shape`: moment matching, ``(E|w|)^2 / E[w^2] = Gamma(2/nu)^2 /
-  (Gamma(1/nu) Gamma(3/nu))`` solved for ``nu``.
-- :func:`backslash_penalty`: the rate term ``lam * sum |w|^nu`` (negative log GG prior up to
-  scale), which BackSlash adds to the loss with ``nu`` re-estimated during training.
-- :func:`deepshape_`: post-training histogram matching of a tensor to a GG of given shape.
-- :func:`prune_smallest_`: magnitude pruning per tensor, to measure how prunable weights are.
+- :func:`gg_init_` / :func:`gg_init_model_`: GG samples with variance ``xi / fan_out``
+  (official gg_init.py: ``xi / shape[0]`` for 2-D weights, shape 2, xi 2, biases zeroed).
+- :func:`lookup_gg_shape`: the official estimator, one shape for all weights pooled, the
+  nearest entry of a table over ``[0.1, 3]`` (step 0.01) of
+  ``rho(nu) = Gamma(1/nu) Gamma(3/nu) / Gamma(2/nu)^2`` to ``n sum w^2 / (sum |w|)^2``.
+- :func:`backslash_step_`: the official BackSlash update, applied outside the optimiser after
+  each batch, ``w -= rate nu / N sign(w) (|w| + clip)^(nu - 1)`` (N = number of weights).
+- :func:`backslash_penalty`: the same rate term as a loss, ``lam sum (|w| + clip)^nu``; with
+  ``lam = rate / N`` and ``clip = 1`` its gradient is the official step (a variant for use
+  through an optimiser, not the official rule).
+- :func:`estimate_gg_shape`: moment matching by bisection (centred, continuous; for reports).
+- :func:`deepshape_`: histogram matching of a tensor to a GG of given shape.
+- :func:`prune_smallest_`: magnitude pruning per tensor.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from scipy.special import gammaincinv
+from torch import nn
 
 from priorlab.errors import PriorlabError
 
-# The shape estimate is searched (and clipped) in this range: below 0.05 the moment ratio is
-# numerically 0, and beyond 20 the GG is indistinguishable from a uniform.
+# The moment-matching estimate is searched (and clipped) in this range: below 0.05 the moment
+# ratio is numerically 0, and beyond 20 the GG is indistinguishable from a uniform.
 SHAPE_SEARCH = (0.05, 20.0)
+# The official BackSlash shape table (gg_prior/data/gamma_table.pt): 0.10, 0.11, ..., 3.00.
+SHAPE_TABLE = tuple(round(0.1 + 0.01 * i, 2) for i in range(291))
+# Official BackSlash constants (backslash.py): the rate ``rdo`` and the shift ``clip``.
+BACKSLASH_RATE = 2e3
+BACKSLASH_CLIP = 1.0
 
 
-def _check_shape(shape) -> float:
+def _check_shape(shape, name: str = "shape") -> float:
+    if isinstance(shape, (bool, str, bytes)) or shape is None:
+        raise PriorlabError(f"{name} must be a positive number, got {shape!r}")
     try:
         shape = float(shape)
-    except (TypeError, ValueError):
-        raise PriorlabError(f"shape must be a positive number, got {shape!r}") from None
+    except (TypeError, ValueError, RuntimeError):
+        raise PriorlabError(f"{name} must be a positive number, got {shape!r}") from None
     if not math.isfinite(shape) or shape <= 0:
-        raise PriorlabError(f"shape must be positive and finite (got {shape}); e.g. 1.0 = Laplace")
+        raise PriorlabError(f"{name} must be positive and finite (got {shape}); e.g. 1.0 = Laplace")
     return shape
+
+
+def _shapes(nu, count: int, name: str = "nu") -> list[float]:
+    """One shape per tensor from a number, a 0-d array/tensor, or one value per tensor."""
+    if isinstance(nu, torch.Tensor):
+        nu = nu.detach().cpu().numpy()
+    if isinstance(nu, (bool, str, bytes)) or nu is None:
+        raise PriorlabError(f"{name} must be a positive number or one per tensor, got {nu!r}")
+    try:
+        values = np.asarray(nu, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PriorlabError(f"{name} must be a positive number or one per tensor, "
+                            f"got {nu!r}") from None
+    if values.ndim == 0:
+        return [_check_shape(values.item(), name)] * count
+    if values.ndim > 1 or values.size != count:
+        raise PriorlabError(f"got {name} of shape {values.shape} for {count} tensor(s); pass one "
+                            "number or one per tensor")
+    return [_check_shape(v, name) for v in values.tolist()]
+
+
+def _tensors(params, who: str) -> list[torch.Tensor]:
+    """A tensor or an iterable of tensors as a list; a bare tensor is ONE tensor, not its rows."""
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    elif not isinstance(params, Iterable) or isinstance(params, (str, bytes)):
+        raise PriorlabError(f"{who} needs a tensor or a list of tensors, got "
+                            f"{type(params).__name__}")
+    params = list(params)
+    if not params:
+        raise PriorlabError(f"{who} got no tensors")
+    for t in params:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise PriorlabError(f"{who} needs floating-point tensors, got {got}")
+    return params
+
+
+def _check_number(value, name: str, *, positive: bool = False) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise PriorlabError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise PriorlabError(f"{name} must be finite and {bound}, got {value}")
+    return value
 
 
 def gg_scale(std: float, shape: float) -> float:
@@ -56,13 +117,7 @@ def gg_moment_ratio(shape: float) -> float:
                     - math.lgamma(3.0 / shape))
 
 
-def _default_std(tensor: torch.Tensor) -> float:
-    """Std of PyTorch's default Linear/Conv init, kaiming_uniform(a=sqrt(5)): 1/sqrt(3 fan_in)."""
-    if tensor.dim() < 2:
-        raise PriorlabError(f"std=None needs a weight with >= 2 dims to read fan_in (got shape "
-                            f"{tuple(tensor.shape)}); pass std=... for this tensor")
-    fan_in = tensor.shape[1] * math.prod(tensor.shape[2:])
-    return 1.0 / math.sqrt(3.0 * fan_in)
+_RHO_TABLE = torch.tensor([1.0 / gg_moment_ratio(nu) for nu in SHAPE_TABLE], dtype=torch.float64)
 
 
 def gg_quantile(p: torch.Tensor | np.ndarray, shape: float, std: float = 1.0) -> np.ndarray:
@@ -75,23 +130,31 @@ def gg_quantile(p: torch.Tensor | np.ndarray, shape: float, std: float = 1.0) ->
     return np.sign(centred) * scale * gammaincinv(1.0 / shape, np.abs(centred)) ** (1.0 / shape)
 
 
-@torch.no_grad()
-def gg_init_(tensor: torch.Tensor, shape: float, std: float | None = None, *,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Fill ``tensor`` in place with zero-mean GG samples of shape ``shape`` and std ``std``.
+def _fan_out(tensor: torch.Tensor) -> int:
+    """``shape[0]`` times the receptive field: the official ``shape[0]`` for a 2-D weight."""
+    if tensor.dim() < 2:
+        raise PriorlabError(f"std=None needs a weight with >= 2 dims to read shape[0] (got shape "
+                            f"{tuple(tensor.shape)}); pass std=... for this tensor")
+    return tensor.shape[0] * math.prod(tensor.shape[2:])
 
-    ``w = a sign(u) G^(1/shape)`` with ``G ~ Gamma(1/shape, 1)`` (drawn by inverting the
-    regularised incomplete gamma on uniforms from ``generator``, so runs are reproducible) and
-    ``a = std sqrt(Gamma(1/shape) / Gamma(3/shape))``. ``std=None`` matches PyTorch's default
-    Linear/Conv initialisation, ``1/sqrt(3 fan_in)``.
+
+@torch.no_grad()
+def gg_init_(tensor: torch.Tensor, shape: float = 2.0, std: float | None = None, *,
+             xi: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill ``tensor`` in place with zero-mean GG samples of shape ``shape``.
+
+    ``std=None`` gives the official variance ``xi / shape[0]`` (gg_init.py; ``shape[0]`` of an
+    ``nn.Linear`` weight is its fan-out; a conv kernel's receptive field multiplies it here);
+    ``xi`` is 2 for ReLU, 1 for sigmoid or none, ``2 / (1 + k^2)`` for LeakyReLU(k). Draws are
+    ``a sign(u) G^(1/shape)``, ``G ~ Gamma(1/shape, 1)``, by inverting the regularised incomplete
+    gamma on uniforms from ``generator`` so runs are reproducible.
     """
     shape = _check_shape(shape)
     if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
         got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise PriorlabError(f"gg_init_ needs a floating-point tensor, got {got}")
-    std = _default_std(tensor) if std is None else float(std)
-    if not math.isfinite(std) or std < 0:
-        raise PriorlabError(f"std must be finite and >= 0, got {std}")
+    xi = _check_number(xi, "xi", positive=True)
+    std = math.sqrt(xi / _fan_out(tensor)) if std is None else _check_number(std, "std")
     if tensor.numel() == 0:
         return tensor
     u = torch.rand(tensor.shape, generator=generator, dtype=torch.float64)
@@ -104,13 +167,46 @@ def gg_init_(tensor: torch.Tensor, shape: float, std: float | None = None, *,
     return tensor
 
 
+@torch.no_grad()
+def gg_init_model_(model: nn.Module, shape: float = 2.0, *, xi: float = 2.0,
+                   generator: torch.Generator | None = None) -> nn.Module:
+    """The official ``gg_init(model, shape, xi)``: every weight with >= 2 dims from
+    :func:`gg_init_` (variance ``xi / fan_out``), 1-D ``bias`` parameters zeroed and other 1-D
+    ``weight`` parameters (norm scales) set to 1; anything else is left as it is."""
+    if not isinstance(model, nn.Module):
+        raise PriorlabError(f"gg_init_model_ needs an nn.Module, got {type(model).__name__}")
+    for name, param in model.named_parameters():
+        if param.dim() >= 2:
+            gg_init_(param, shape, xi=xi, generator=generator)
+        elif "weight" in name:
+            param.fill_(1.0)
+        elif "bias" in name:
+            param.zero_()
+    return model
+
+
 def _flat(weights) -> torch.Tensor:
-    if isinstance(weights, torch.Tensor):
-        weights = [weights]
-    tensors = [w.detach().reshape(-1).double().cpu() for w in weights]
-    if not tensors:
-        raise PriorlabError("no weights given to estimate a GG shape from")
-    return torch.cat(tensors)
+    tensors = _tensors(weights, "GG shape estimation")
+    return torch.cat([w.detach().reshape(-1).double().cpu() for w in tensors])
+
+
+def lookup_gg_shape(weights: torch.Tensor | Iterable[torch.Tensor]) -> float:
+    """The official BackSlash shape estimate of ``weights`` (one tensor, or several pooled).
+
+    ``rho = n sum w^2 / (sum |w|)^2`` (not centred, as the official) is matched to the nearest
+    ``rho(nu) = Gamma(1/nu) Gamma(3/nu) / Gamma(2/nu)^2`` over ``SHAPE_TABLE`` (0.1 ... 3, step
+    0.01); shapes outside the table give its ends.
+    """
+    tensors = _tensors(weights, "lookup_gg_shape")
+    n = sum(t.numel() for t in tensors)
+    squares = sum(float(t.detach().double().pow(2).sum()) for t in tensors)
+    absolute = sum(float(t.detach().double().abs().sum()) for t in tensors)
+    if not (math.isfinite(squares) and math.isfinite(absolute)):
+        raise PriorlabError("weights contain NaN or inf; cannot estimate a GG shape")
+    if absolute == 0.0:
+        raise PriorlabError("all weights are zero; a GG shape is undefined for a point mass")
+    rho = n * squares / absolute ** 2
+    return SHAPE_TABLE[int(torch.argmin((_RHO_TABLE - rho).abs()))]
 
 
 def estimate_gg_shape(weights: torch.Tensor | Iterable[torch.Tensor]) -> float:
@@ -118,7 +214,8 @@ def estimate_gg_shape(weights: torch.Tensor | Iterable[torch.Tensor]) -> float:
 
     Solves ``(E|w - m|)^2 / E[(w - m)^2] = Gamma(2/nu)^2 / (Gamma(1/nu) Gamma(3/nu))`` for
     ``nu`` (the ratio rises monotonically from 0 to 3/4) by bisection in log ``nu`` over
-    ``SHAPE_SEARCH``; ratios outside the range give its ends.
+    ``SHAPE_SEARCH``; ratios outside the range give its ends. Unlike :func:`lookup_gg_shape` it
+    centres the weights and is not limited to a table.
     """
     w = _flat(weights)
     if w.numel() < 2:
@@ -144,27 +241,49 @@ def estimate_gg_shape(weights: torch.Tensor | Iterable[torch.Tensor]) -> float:
     return math.exp(0.5 * (low + high))
 
 
-def backslash_penalty(params: Sequence[torch.Tensor], lam: float,
-                      nu: float | Sequence[float], *, eps: float = 1e-8) -> torch.Tensor:
-    """BackSlash's rate term ``lam * sum_i sum |w_i|^nu_i`` (one ``nu`` for all, or one each).
+@torch.no_grad()
+def backslash_step_(params: torch.Tensor | Iterable[torch.Tensor], rate: float = BACKSLASH_RATE,
+                    nu=None, *, clip: float = BACKSLASH_CLIP) -> float:
+    """One official BackSlash update, in place: ``w -= rate nu / N sign(w) (|w| + clip)^(nu-1)``.
 
-    ``|w|`` is floored at ``eps`` inside the power so the gradient stays finite for ``nu < 1``
-    (exact zeros get zero gradient). ``lam = 0`` returns an exact 0 without touching the weights.
+    ``N`` is the number of weights in ``params`` (all of them pooled); ``nu=None`` fits one shape
+    to them all with :func:`lookup_gg_shape` first, as the official code does after every batch;
+    a number fixes it (``nu = 1`` is a plain L1 sign step of ``rate / N``). Exact zeros stay
+    zero (``sign(0) = 0``). Returns the shape used. ``rate`` is calibrated to ``N``: the official
+    2e3 was set for LLMs (N ~ 1e8), where one step moves a weight by ~2e-5.
     """
-    params = list(params)
-    if not params:
-        raise PriorlabError("backslash_penalty got no parameters")
-    lam = float(lam)
-    if not math.isfinite(lam) or lam < 0:
-        raise PriorlabError(f"lam must be finite and >= 0, got {lam}")
-    nus = [nu] * len(params) if isinstance(nu, (int, float)) else list(nu)
-    if len(nus) != len(params):
-        raise PriorlabError(f"got {len(nus)} shapes nu for {len(params)} parameters; pass one "
-                            "float or one per parameter")
-    nus = [_check_shape(n) for n in nus]
+    tensors = _tensors(params, "backslash_step_")
+    rate = _check_number(rate, "rate")
+    clip = _check_number(clip, "clip", positive=True)  # clip 0 makes the step infinite at w=0
+    shape = lookup_gg_shape(tensors) if nu is None else _check_shape(nu, "nu")
+    if rate == 0.0:
+        return shape
+    factor = rate * shape / sum(t.numel() for t in tensors)
+    for w in tensors:
+        w.sub_(factor * torch.sign(w) * (w.abs() + clip).pow(shape - 1.0))
+    return shape
+
+
+def backslash_penalty(params: torch.Tensor | Iterable[torch.Tensor], lam: float, nu, *,
+                      clip: float = 0.0, eps: float = 1e-8) -> torch.Tensor:
+    """The rate term as a loss, ``lam * sum_i sum (|w_i| + clip)^nu_i`` (one ``nu`` or one each).
+
+    ``nu`` is a number, a 0-d array/tensor, or one value per tensor. With ``lam = rate / N`` and
+    ``clip = 1`` one gradient-descent step of size 1 on it is :func:`backslash_step_`; through an
+    adaptive optimiser (Adam) it is a different rule (an earlier priorlab variant). With
+    ``clip = 0``, ``|w|`` is floored at ``eps`` so the gradient stays finite for ``nu < 1``.
+    ``lam = 0`` returns an exact 0 without touching the weights.
+    """
+    params = _tensors(params, "backslash_penalty")
+    lam = _check_number(lam, "lam")
+    clip = _check_number(clip, "clip")
+    nus = _shapes(nu, len(params))
     if lam == 0.0:
         return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
-    total = sum((p.abs().clamp_min(eps) ** n).sum() for p, n in zip(params, nus))
+    if clip == 0.0:
+        total = sum((p.abs().clamp_min(eps) ** n).sum() for p, n in zip(params, nus))
+    else:
+        total = sum(((p.abs() + clip) ** n).sum() for p, n in zip(params, nus))
     return lam * total
 
 
@@ -178,11 +297,12 @@ def deepshape_(tensor: torch.Tensor, shape: float, *, strength: float = 1.0) -> 
     (0 leaves the tensor unchanged).
     """
     shape = _check_shape(shape)
-    strength = float(strength)
-    if not 0.0 <= strength <= 1.0:
+    strength = _check_number(strength, "strength")
+    if strength > 1.0:
         raise PriorlabError(f"strength must lie in [0, 1], got {strength}")
-    if not tensor.is_floating_point() or tensor.numel() < 2:
-        raise PriorlabError("deepshape_ needs a floating-point tensor with at least 2 values")
+    if (not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point()
+            or tensor.numel() < 2):
+        raise PriorlabError("deepshape_ needs one floating-point tensor with at least 2 values")
     if not torch.isfinite(tensor).all():
         raise PriorlabError("tensor contains NaN or inf; cannot reshape its histogram")
     if strength == 0.0:
@@ -198,10 +318,15 @@ def deepshape_(tensor: torch.Tensor, shape: float, *, strength: float = 1.0) -> 
     return tensor
 
 
-def prune_smallest_(tensors: Iterable[torch.Tensor], fraction: float) -> int:
-    """Zero the ``fraction`` smallest-magnitude entries of each tensor in place; return how many."""
-    fraction = float(fraction)
-    if not 0.0 <= fraction <= 1.0:
+def prune_smallest_(tensors: torch.Tensor | Iterable[torch.Tensor], fraction: float) -> int:
+    """Zero the ``fraction`` smallest-magnitude entries of each tensor in place; return how many.
+
+    Per tensor: each loses ``round(fraction * numel)`` entries, ranked within that tensor (ties
+    by position). A bare tensor is one tensor, ranked as a whole (not row by row).
+    """
+    tensors = _tensors(tensors, "prune_smallest_")
+    fraction = _check_number(fraction, "fraction")
+    if fraction > 1.0:
         raise PriorlabError(f"fraction must lie in [0, 1], got {fraction}")
     zeroed = 0
     with torch.no_grad():
