@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from priorlab import __version__
 from priorlab.errors import PriorlabError, UsageError
 from priorlab.harness.claim import TIERS
 from priorlab.progress import set_quiet
@@ -18,15 +19,37 @@ from priorlab.sceneflow.cli import add_flow_subparser
 SMOKE_RESULTS = Path("runs/smoke")
 
 
-def committed_results() -> Path:
-    """The committed evidence: ``$PRIORLAB_RESULTS``, else the checkout's ``results/`` (found
-    from the package, so any working directory sees it), else ``./results``."""
+OWN_RESULTS = Path("results")  # an installed copy's full-tier runs go to the working folder
+
+
+def checkout_results() -> Path | None:
+    """``$PRIORLAB_RESULTS``, else the checkout's ``results/`` (found from the package, so any
+    working directory sees it); None in an installed copy, which ships the packaged evidence."""
     if os.environ.get("PRIORLAB_RESULTS"):
         return Path(os.environ["PRIORLAB_RESULTS"])
     checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file() and (checkout / "results").is_dir():
         return checkout / "results"
-    return Path("results")
+    return None
+
+
+def committed_results() -> Path:
+    """The committed evidence (:func:`checkout_results`), else ``./results``."""
+    return checkout_results() or OWN_RESULTS
+
+
+def _packaged(card: MethodCard) -> dict | None:
+    """The packaged evidence of the card's reproduction, when no checkout results are found."""
+    from priorlab.evidence import read_evidence
+    from priorlab.harness.runner import claim_of
+
+    evidence = read_evidence() if checkout_results() is None and card.reproduction else None
+    return evidence["methods"].get(claim_of(card).method) if evidence else None
+
+
+def _own_runs() -> bool:
+    """An installed copy with full-tier runs of the user's own in ``./results``."""
+    return checkout_results() is None and OWN_RESULTS.is_dir()
 
 
 def _full_summary(card: MethodCard, results: Path | None = None) -> dict | None:
@@ -42,13 +65,17 @@ def _full_summary(card: MethodCard, results: Path | None = None) -> dict | None:
     return summarise(claim, records, "full", claim.seeds["full"])
 
 
-def _status(card: MethodCard) -> str:
+def _status(card: MethodCard, results: Path | None = None) -> str:
     """The card's reproduction verdict from stored full-tier results, never written by hand:
-    the verdict of the comparisons about this card's method."""
+    the verdict of the comparisons about this card's method. Without a checkout (and without
+    ``results``), the packaged evidence's."""
     if not card.reproduction:
         return "no reproduction"
+    if results is None and checkout_results() is None:
+        entry = _packaged(card)
+        return entry["cards"].get(card.id, entry["status"]) if entry else "not run"
     try:
-        summary = _full_summary(card)
+        summary = _full_summary(card, results)
     except PriorlabError:
         return f"stale or unreadable results (priorlab info {card.id})"
     if summary is None:
@@ -62,13 +89,18 @@ def cmd_list(args) -> int:
         print(json.dumps([{"id": c.id, "seed_id": c.seed_id, "name": c.name, "title": c.paper.title,
                            "family": c.family, "kind": c.kind, "arxiv": c.paper.arxiv,
                            "code_url": c.paper.code_url, "reproduction": c.reproduction,
-                           "status": _status(c)} for c in cards], indent=1))
+                           "status": _status(c),
+                           **({"own_runs": _status(c, OWN_RESULTS)} if _own_runs() else {})}
+                          for c in cards], indent=1))
         return 0
     if not cards:
         print(f"no method matches {args.pattern!r}", file=sys.stderr)
         return 1
     rows = [(str(c.seed_id), c.id, c.name, c.family, c.kind, _status(c)) for c in cards]
     header = ("seed", "id", "name", "family", "kind", "reproduction")
+    if _own_runs():  # the user's runs beside the packaged evidence, never mixed into it
+        rows = [(*r, _status(c, OWN_RESULTS)) for r, c in zip(rows, cards)]
+        header = (*header, f"your runs ({OWN_RESULTS}/)")
     if args.markdown:
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
         for r in rows:
@@ -77,6 +109,9 @@ def cmd_list(args) -> int:
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     for r in (header, *rows):
         print("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
+    if checkout_results() is None:
+        from priorlab.evidence import FULL_REPORT
+        print(f"\nreproduction: the committed verdicts packaged with this copy; full report: {FULL_REPORT}")
     return 0
 
 
@@ -115,6 +150,9 @@ def render_card(card: MethodCard) -> str:
                                      subsequent_indent="    "))
         out.append(f"  run: priorlab reproduce {card.seed_id} --tier full    "
                    f"verdict (committed results): {_status(card)}")
+        if checkout_results() is None:
+            out += _packaged_lines(card)
+            return "\n".join(out)
         try:
             summary = _full_summary(card)
         except PriorlabError:
@@ -122,6 +160,19 @@ def render_card(card: MethodCard) -> str:
         for t in (summary["comparisons"] + summary["guards"]) if summary else ():
             out.append("    " + _test_line(t))
     return "\n".join(out)
+
+
+def _packaged_lines(card: MethodCard) -> list[str]:
+    """An installed copy's evidence lines: the packaged verdict, then the user's own runs."""
+    from priorlab.evidence import FULL_REPORT, describe
+
+    entry = _packaged(card)
+    out = ["    " + describe(entry) if entry else "    no committed full-tier result is packaged",
+           textwrap.fill(f"full report: {FULL_REPORT}", 96, initial_indent="    ",
+                         subsequent_indent="      ")]
+    if _own_runs():
+        out.append(f"  your runs ({OWN_RESULTS}/, not part of the evidence): {_status(card, OWN_RESULTS)}")
+    return out
 
 
 def cmd_info(args) -> int:
@@ -190,16 +241,23 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from priorlab.evidence import EVIDENCE_FILE
     from priorlab.harness.report import write_report
 
-    md, page, summaries = write_report(Path(args.results) if args.results else committed_results(),
-                                       Path(args.out))
-    print(f"wrote {md} and {page} ({len(summaries)} reproductions)")
+    results = Path(args.results) if args.results else committed_results()
+    checkout = Path(__file__).resolve().parents[2]  # the packaged evidence follows only these results
+    is_committed = ((checkout / "pyproject.toml").is_file()
+                    and results.resolve() == (checkout / "results").resolve())
+    md, page, summaries = write_report(results, Path(args.out),
+                                       evidence=EVIDENCE_FILE if is_committed else None)
+    print(f"wrote {md}, {page} and {Path(args.out) / 'site' / 'index.html'} ({len(summaries)} reproductions)"
+          + (f"; updated {EVIDENCE_FILE}" if is_committed else ""))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="priorlab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"priorlab {__version__}")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback on errors (also PRIORLAB_DEBUG=1)")
@@ -233,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bars (also accepted before the command)")
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("report", help="write REPORT.md and report.html from a results folder")
+    p = sub.add_parser("report", help="write REPORT.md, report.html and site/ from a results folder")
     p.add_argument("--results", default=None, help="results folder (default: the committed results/)")
     p.add_argument("--out", default=".", help="folder for REPORT.md and report.html")
     p.set_defaults(func=cmd_report)

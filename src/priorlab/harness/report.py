@@ -21,8 +21,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from priorlab.errors import PriorlabError  # noqa: E402
+from priorlab.evidence import write_evidence  # noqa: E402
 from priorlab.harness.registration import read_lock  # noqa: E402
 from priorlab.harness.runner import claim_of, load_results, stored_tiers  # noqa: E402
+from priorlab.harness.site import write_site  # noqa: E402
 from priorlab.harness.summary import summarise  # noqa: E402
 from priorlab.registry import get  # noqa: E402
 
@@ -222,8 +224,9 @@ def _html(blocks) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-def write_report(results: Path, out: Path) -> tuple[Path, Path, list[dict]]:
-    """Write ``out/REPORT.md`` and ``out/report.html`` from ``results``; return paths and summaries."""
+def write_report(results: Path, out: Path, *, evidence: Path | None = None) -> tuple[Path, Path, list[dict]]:
+    """Write ``out/REPORT.md``, ``out/report.html`` and the site ``out/site/`` from ``results``;
+    with ``evidence``, also the compact summary the package ships there. Return paths and summaries."""
     results, out = Path(results), Path(out)
     sections, summaries = _sections(results, out)
     intro = [("h", 1, "priorlab — reproduction report"),
@@ -244,4 +247,7 @@ def write_report(results: Path, out: Path) -> tuple[Path, Path, list[dict]]:
     md, page = out / "REPORT.md", out / "report.html"
     md.write_text(_markdown(blocks, out))
     page.write_text(_html(blocks))
+    write_site(results, out, summaries)
+    if evidence is not None:
+        write_evidence(summaries, evidence)
     return md, page, summaries
