@@ -82,22 +82,24 @@ def test_ctrl_c_writes_best_flow_so_far(files, capsys, tmp_path, monkeypatch):
     assert "interrupted" in capsys.readouterr().err and not acc.exists()
 
 
-def test_bad_inputs_exit_2(files, capsys, tmp_path):
+def test_bad_inputs_exit_1_for_data_2_for_usage(files, capsys, tmp_path):
     d, _ = files
     out = str(tmp_path / "f.npz")
     cases = [
-        (["flow", "estimate", str(d / "nope.npy"), str(d / "f1.npy"), "--out", out, *FIT], "not found"),
-        (["flow", "estimate", str(d / "empty.npy"), str(d / "f1.npy"), "--out", out, *FIT], "no points"),
-        (["flow", "estimate", str(d / "f0.npy"), str(d / "f1.npy"), "--out", str(tmp_path / "f.txt"), *FIT], ".npz"),
-        (["flow", "estimate", str(d / "f0.npy"), str(d / "f1.npy"), "--out", out, "--max-range", "0.5", *FIT], "left"),
-        (["flow", "eval", str(d / "gt.npz"), str(d / "gt_short.npz")], "rows"),
-        (["flow", "eval", str(d / "gt.npz"), str(d / "f0.npy")], "npz"),
-        (["flow", "accumulate", str(d / "f0.npy"), str(d / "f1.npy"), "--out", out, "--method", "none"], "poses"),
+        (["flow", "estimate", str(d / "nope.npy"), str(d / "f1.npy"), "--out", out, *FIT], "not found", 1),
+        (["flow", "estimate", str(d / "empty.npy"), str(d / "f1.npy"), "--out", out, *FIT], "no points", 1),
+        (["flow", "estimate", str(d / "f0.npy"), str(d / "f1.npy"), "--out", str(tmp_path / "f.txt"), *FIT], ".npz", 2),
+        (["flow", "estimate", str(d / "f0.npy"), str(d / "f1.npy"), "--out", out, "--max-range", "0.5", *FIT], "left", 1),
+        (["flow", "estimate", str(d / "f0.npy"), str(d / "f1.npy"), "--out", out, "--points", "1", *FIT[:2], *FIT[4:]],
+         "--points", 2),
+        (["flow", "eval", str(d / "gt.npz"), str(d / "gt_short.npz")], "rows", 1),
+        (["flow", "eval", str(d / "gt.npz"), str(d / "f0.npy")], "npz", 1),
+        (["flow", "accumulate", str(d / "f0.npy"), str(d / "f1.npy"), "--out", out, "--method", "none"], "poses", 2),
         (["flow", "accumulate", str(d / "f0.npy"), str(d / "f1.npy"), str(d / "f2.npy"), "--out", out,
-          "--poses", str(d / "poses2.txt"), "--method", "none"], "2 poses for 3 frames"),
+          "--poses", str(d / "poses2.txt"), "--method", "none"], "2 poses for 3 frames", 1),
     ]
-    for argv, needle in cases:
-        assert main(argv) == 2, argv
+    for argv, needle, code in cases:
+        assert main(argv) == code, argv
         line = _err_line(capsys)
         assert needle in line, (argv, line)
 
@@ -152,7 +154,7 @@ def test_parser_wiring_and_module_entry_point(files):
     d, _ = files
     r = subprocess.run([sys.executable, "-m", "priorlab.sceneflow.cli", "flow", "eval", str(d / "missing.npz"),
                         str(d / "gt.npz")], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
+    assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]]  # one line, no traceback
     assert r.stderr.startswith("error: ") and "not found" in r.stderr
 

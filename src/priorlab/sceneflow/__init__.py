@@ -9,7 +9,7 @@ Public API::
     scene_flow_metrics(res.flow, pair["flow"], mask=pair["eval_mask"])
 """
 
-from priorlab.sceneflow.estimate import METHODS, FlowResult, defaults, estimate_flow
+from priorlab.sceneflow.estimate import METHODS, DegenerateFitWarning, FlowResult, defaults, estimate_flow
 from priorlab.sceneflow.fast import FAST_DEFAULTS
 from priorlab.sceneflow.io import SUPPORTED_EXTENSIONS, load_av2_pair, load_flow, load_points, save_flow
 from priorlab.sceneflow.losses import DistanceTransform, KDIndex, chamfer_loss, nearest_neighbor
@@ -23,6 +23,7 @@ __all__ = [
     "load_points", "load_av2_pair", "save_flow", "load_flow", "SUPPORTED_EXTENSIONS",
     "crop_range", "remove_ground_plane", "ground_mask_from_height_map", "subsample", "compensate_ego_motion",
     "nearest_neighbor", "chamfer_loss", "DistanceTransform", "KDIndex",
-    "FlowResult", "estimate_flow", "METHODS", "defaults", "FlowMLP", "NSFP_DEFAULTS", "FAST_DEFAULTS",
+    "FlowResult", "estimate_flow", "DegenerateFitWarning",
+    "METHODS", "defaults", "FlowMLP", "NSFP_DEFAULTS", "FAST_DEFAULTS",
     "scene_flow_metrics", "threeway_epe", "bucketed_epe", "AV2_CATEGORIES", "BUCKETED_META_CATEGORIES",
 ]

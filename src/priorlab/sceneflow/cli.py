@@ -4,7 +4,10 @@ Subcommands: ``estimate``, ``eval``, ``demo``, ``accumulate`` (``priorlab flow C
 The top-level CLI calls :func:`add_flow_subparser` and :func:`run_flow`; standalone use:
 ``python -m priorlab.sceneflow.cli flow demo``.
 
-Every bad input ends with one ``error: ...`` line on stderr and exit code 2.
+Bad input raises :class:`~priorlab.errors.PriorlabError` (:class:`~priorlab.errors.UsageError` for a
+wrong option); the top-level ``priorlab`` command prints it as one ``error: ...`` line and exits 1
+(data) or 2 (usage). Output paths are checked for writability before any fit. Clouds are loaded in
+float64 and the fit centres them, so map / UTM coordinates work.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from priorlab.errors import PriorlabError
+from priorlab.errors import PriorlabError, UsageError
 
 METHODS = ("nsfp", "fast", "free")
 
@@ -51,6 +56,11 @@ def _add_fit_options(p, *, points=8192, max_iters=None, method="nsfp", methods=M
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_drop_invalid(p):
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="drop points with NaN/inf coordinates when loading (default: refuse such files)")
+
+
 def add_flow_subparser(subparsers) -> argparse.ArgumentParser:
     """Add the ``flow`` command (with its subcommands) to an argparse subparsers object."""
     flow = subparsers.add_parser(
@@ -62,10 +72,11 @@ def add_flow_subparser(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="estimate flow from PC1 to PC2", description="Estimate scene flow from PC1 to PC2. " + _FIT_NOTE
                        + " Ctrl-C stops early, still writes the best flow so far and exits with code 130.")
-    p.add_argument("pc1", help="first cloud (.npy/.npz/.bin KITTI/.pcd/.ply/.feather)")
+    p.add_argument("pc1", help="first cloud (.npy/.npz/.bin KITTI/.pcd/.ply/.feather/.las/.laz)")
     p.add_argument("pc2", help="second cloud")
     p.add_argument("--out", required=True, metavar="FLOW.npz", help="output .npz with key 'flow' (N,3), one row per PC1 point")
     _add_fit_options(p)
+    _add_drop_invalid(p)
 
     p = sub.add_parser("eval", help="compare a flow file with ground truth",
                        description="Compare FLOW.npz (key 'flow') with GT.npz (key 'flow'; optional 'eval_mask' or 'mask', "
@@ -105,6 +116,7 @@ def add_flow_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="PATH", help="also draw the accumulated cloud (bird's-eye view) to this PNG")
     p.add_argument("--png-range", type=float, default=40.0, metavar="M", help="half-width of the PNG view in m (default 40)")
     _add_fit_options(p, method="nsfp", methods=METHODS + ("none",))
+    _add_drop_invalid(p)
 
     flow.set_defaults(func=run_flow)
     return flow
@@ -116,61 +128,69 @@ def add_flow_subparser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_flow(args) -> int:
-    """Run a parsed ``flow`` command; returns the exit code (2 for bad input)."""
+    """Run a parsed ``flow`` command; returns the exit code. Bad input raises PriorlabError (the
+    top-level CLI prints it as one line)."""
     from priorlab.progress import set_quiet
 
     if getattr(args, "quiet", False):
         set_quiet(True)
     cmd = getattr(args, "flow_command", None)
     handlers = {"estimate": _estimate, "eval": _eval, "demo": _demo, "accumulate": _accumulate}
+    if cmd not in handlers:
+        raise UsageError("missing subcommand: use 'flow estimate', 'flow eval', 'flow demo' or "
+                         "'flow accumulate'")
     try:
-        if cmd not in handlers:
-            raise PriorlabError("missing subcommand: use 'flow estimate', 'flow eval', 'flow demo' or 'flow accumulate'")
         return int(handlers[cmd](args) or 0)
-    except PriorlabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: stopped before anything was written", file=sys.stderr)
         return 130
 
 
 def _check_fit_args(args):
-    if args.points is not None and args.points < 0:
-        raise PriorlabError(f"--points must be >= 2 (or 0 for all points), got {args.points}")
+    if args.points is not None and (args.points < 0 or args.points == 1):
+        raise UsageError(f"--points must be >= 2 (or 0 for all points), got {args.points}")
     if args.points == 0:
         args.points = None
     if args.max_iters is not None and args.max_iters < 1:
-        raise PriorlabError(f"--max-iters must be >= 1, got {args.max_iters}")
+        raise UsageError(f"--max-iters must be >= 1, got {args.max_iters}")
     if args.threads is not None and args.threads < 1:
-        raise PriorlabError(f"--threads must be >= 1, got {args.threads}")
-    if args.max_range is not None and args.max_range <= 0:
-        raise PriorlabError(f"--max-range must be > 0 m, got {args.max_range}")
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.max_range is not None and not args.max_range > 0:
+        raise UsageError(f"--max-range must be > 0 m, got {args.max_range}")
 
 
-def _out_path(path, suffix) -> Path:
+def _writable_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` and prove a file can be written there, before any long computation."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".priorlab-write-check-"):
+            pass
+    except OSError as e:
+        raise PriorlabError(f"{what}: cannot write into {str(folder)!r} ({e.strerror or e}); "
+                            f"choose a writable location") from None
+
+
+def _out_path(path, suffix, option="--out") -> Path:
     p = Path(path)
     if p.suffix.lower() != suffix:
-        raise PriorlabError(f"output {str(p)!r} must end in {suffix}")
-    if p.exists() and p.is_dir():
-        raise PriorlabError(f"output {str(p)!r} is a folder; give a file name ending in {suffix}")
-    p.parent.mkdir(parents=True, exist_ok=True)
+        raise UsageError(f"{option} {str(p)!r} must end in {suffix}")
+    if p.is_dir():
+        raise UsageError(f"{option} {str(p)!r} is a folder; give a file name ending in {suffix}")
+    _writable_folder(p.parent, option)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise PriorlabError(f"{option}: {str(p)!r} exists and is not writable; choose another file name")
     return p
 
 
-def _load_cloud(path, what) -> np.ndarray:
-    from priorlab.sceneflow.io import load_points
+def _load_cloud(path, what, drop_invalid=False) -> np.ndarray:
+    """float64 xyz (the fit centres it, so map / UTM coordinates keep their precision)."""
+    from priorlab.sceneflow.io import _load_points
 
     p = Path(path)
     if not p.exists():
         raise PriorlabError(f"{what} file not found: {str(p)!r}")
-    pts = np.asarray(load_points(p), dtype=np.float32)
-    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
-        raise PriorlabError(f"{what} {str(p)!r} holds no points; give a non-empty point cloud")
-    finite = np.isfinite(pts).all(1)
-    if not finite.all():
-        raise PriorlabError(f"{what} {str(p)!r} has {int((~finite).sum())} points with NaN/inf coordinates; drop them first")
-    return pts
+    return _load_points(p, columns=3, bin_columns=None, key=None, drop_invalid=drop_invalid, dtype=np.float64,
+                        nan_hint="add --drop-invalid to drop them")
 
 
 def _estimator(args, results):
@@ -205,7 +225,8 @@ def _estimate(args) -> int:
 
     _check_fit_args(args)
     out = _out_path(args.out, ".npz")
-    pc1, pc2 = _load_cloud(args.pc1, "PC1"), _load_cloud(args.pc2, "PC2")
+    pc1 = _load_cloud(args.pc1, "PC1", args.drop_invalid)
+    pc2 = _load_cloud(args.pc2, "PC2", args.drop_invalid)
     m1 = fit_mask(pc1, args.max_range, args.remove_ground, 0.3)
     m2 = fit_mask(pc2, args.max_range, args.remove_ground, 0.3)
     for m, name in ((m1, "PC1"), (m2, "PC2")):
@@ -347,13 +368,13 @@ def _accumulate(args) -> int:
 
     _check_fit_args(args)
     if len(args.frames) < 2:
-        raise PriorlabError("accumulate needs at least two FRAME files")
+        raise UsageError("accumulate needs at least two FRAME files")
     out = _out_path(args.out, ".npz")
-    png = _out_path(args.png, ".png") if args.png else None
-    clouds = [_load_cloud(f, f"frame {k}") for k, f in enumerate(args.frames)]
+    png = _out_path(args.png, ".png", "--png") if args.png else None
+    clouds = [_load_cloud(f, f"frame {k}", args.drop_invalid) for k, f in enumerate(args.frames)]
     poses = read_poses(args.poses, len(clouds)) if args.poses else None
     if args.method == "none" and poses is None:
-        raise PriorlabError("--method none aligns with poses only; give --poses FILE or pick a flow method")
+        raise UsageError("--method none aligns with poses only; give --poses FILE or pick a flow method")
     t0 = time.perf_counter()
     results: list = []
     rigid = None
@@ -410,11 +431,11 @@ def _demo(args) -> int:
 
     _check_fit_args(args)
     if args.frames < 2:
-        raise PriorlabError(f"--frames must be >= 2, got {args.frames}")
+        raise UsageError(f"--frames must be >= 2, got {args.frames}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise PriorlabError(f"--out {str(out)!r} is a file; give a folder")
-    out.mkdir(parents=True, exist_ok=True)
+        raise UsageError(f"--out {str(out)!r} is a file; give a folder")
+    _writable_folder(out, "--out")
     t_start = time.perf_counter()
     seq = synthetic_sequence(args.frames, seed=args.seed, n_beams=args.beams, azimuth_resolution=args.azimuth_res)
     pair = seq.pair(0)
@@ -482,12 +503,10 @@ def _demo(args) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m priorlab.sceneflow.cli flow ...``"""
-    parser = argparse.ArgumentParser(prog="priorlab", description="priorlab scene flow tools")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_flow_subparser(sub)
-    args = parser.parse_args(argv)
-    return run_flow(args)
+    """``python -m priorlab.sceneflow.cli flow ...``: the ``priorlab`` command (same errors, exit codes)."""
+    from priorlab.cli import main as priorlab_main
+
+    return priorlab_main(argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ Deviations: the DT is the exact Euclidean transform of the occupancy grid (SciPy
 FastGeodis' one-pass raster approximation; a memory guard refuses grids above ``max_grid_bytes``
 (default 1 GiB) instead of exhausting memory; fresh seeded initialisation per pair (the official
 script re-initialises too when ``--init_weight`` is given); ``points=N`` samples each cloud
-independently (the official script uses the same random indices for both clouds).
+independently (the official script uses the same random indices for both clouds); both clouds are
+centred on the fitted ``pc1`` points' mean before the grid and the MLP see them (``centre=True``, see
+:mod:`priorlab.sceneflow.estimate`), which moves the grid's vertices relative to the points, so
+results near the origin differ slightly from uncentred fits (``centre=False``).
 """
 
 from __future__ import annotations

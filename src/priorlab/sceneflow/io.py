@@ -13,6 +13,12 @@ Formats read by :func:`load_points` (chosen by file extension):
 * ``.ply`` -- ``ascii`` or ``binary_little_endian``/``binary_big_endian``, element ``vertex`` with
   properties x, y, z (other elements after the vertices are ignored).
 * ``.feather`` -- an Argoverse 2 lidar sweep (columns x, y, z[, intensity]); needs pandas + pyarrow.
+* ``.las`` / ``.laz`` -- ASPRS LAS point clouds (x, y, z scaled to metres, then intensity and the
+  other point dimensions); needs laspy, and lazrs for ``.laz`` (``pip install 'priorlab[las]'``).
+
+Coordinates come back as float32 by default; pass ``dtype=np.float64`` for map / UTM coordinates far
+from the origin (float32 resolves only ~6 cm at 1e6 m; loading a float64 source that far as float32
+warns).
 
 Every problem (unknown extension, unreadable or truncated file, no points, non-finite values) raises
 :class:`priorlab.errors.PriorlabError` with a one-line message naming the fix.
@@ -26,18 +32,25 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from priorlab.errors import PriorlabError
+from priorlab.sceneflow.formats import (pandas_or_error, read_bin, read_feather, read_las, read_npy, read_npz,
+                                        read_pcd, read_ply)
 
 __all__ = ["load_points", "load_av2_pair", "save_flow", "load_flow", "SUPPORTED_EXTENSIONS", "sample_data_dir",
            "av2_sample_pair"]
 
-SUPPORTED_EXTENSIONS = (".npy", ".npz", ".bin", ".pcd", ".ply", ".feather")
-_NPZ_KEYS = ("pc", "points", "pc0")
+SUPPORTED_EXTENSIONS = (".npy", ".npz", ".bin", ".pcd", ".ply", ".feather", ".las", ".laz")
+_READERS = {".npy": lambda p, o: read_npy(p), ".npz": lambda p, o: read_npz(p, o["key"]),
+            ".bin": lambda p, o: read_bin(p, o["bin_columns"]), ".pcd": lambda p, o: read_pcd(p),
+            ".ply": lambda p, o: read_ply(p), ".feather": lambda p, o: read_feather(p),
+            ".las": lambda p, o: read_las(p), ".laz": lambda p, o: read_las(p)}
+_FLOAT32_COARSE_M = 0.01  # warn when a float32 result resolves coordinates only this coarsely
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -53,8 +66,9 @@ def _path(path) -> Path:
     return p
 
 
-def _finish(points: np.ndarray, columns: int, p: Path, drop_invalid: bool) -> np.ndarray:
-    """Common checks: 2-D, enough columns, non-empty, finite; returns float32 (N, columns)."""
+def _finish(points: np.ndarray, columns: int, p: Path, drop_invalid: bool, dtype,
+            nan_hint: str) -> np.ndarray:
+    """Common checks: 2-D, enough columns, non-empty, finite; returns ``dtype`` (N, columns)."""
     if points.ndim != 2:
         raise PriorlabError(f"{p.name}: expected a 2-D array of points (N, >=3), got shape {points.shape}; "
                             f"reshape it to (N, 3)")
@@ -66,7 +80,7 @@ def _finish(points: np.ndarray, columns: int, p: Path, drop_invalid: bool) -> np
                             f"use columns<={points.shape[1]}")
     if points.dtype.kind not in "fiu":
         raise PriorlabError(f"{p.name}: point array has dtype {points.dtype}, not numeric; save float32 xyz")
-    pts = np.ascontiguousarray(points[:, :columns], dtype=np.float32)
+    pts = np.ascontiguousarray(points[:, :columns], dtype=dtype)
     if len(pts) == 0:
         raise PriorlabError(f"{p.name}: the file holds no points; check that the right file was given")
     finite = np.isfinite(pts).all(axis=1)
@@ -77,8 +91,14 @@ def _finish(points: np.ndarray, columns: int, p: Path, drop_invalid: bool) -> np
             if len(pts) == 0:
                 raise PriorlabError(f"{p.name}: all {bad} points are NaN/inf; the file carries no usable points")
         else:
-            raise PriorlabError(f"{p.name}: {bad} of {len(pts)} points contain NaN/inf; "
-                                f"pass drop_invalid=True to drop them")
+            raise PriorlabError(f"{p.name}: {bad} of {len(pts)} points contain NaN/inf; {nan_hint}")
+    if dtype == np.float32 and points.dtype not in (np.float32, np.float16):  # the cast may lose precision
+        top = float(np.abs(pts[:, :3]).max())
+        step = float(np.spacing(np.float32(top)))
+        if step >= _FLOAT32_COARSE_M:
+            warnings.warn(f"{p.name}: coordinates reach {top:.3g} m, where float32 resolves only "
+                          f"{step:.2g} m; "
+                          f"load with dtype=np.float64 to keep them", UserWarning, stacklevel=3)
     return pts
 
 
@@ -89,298 +109,41 @@ def _check_columns(columns) -> int:
 
 
 # --------------------------------------------------------------------------------------------- #
-# format readers
-# --------------------------------------------------------------------------------------------- #
-def _read_npy(p: Path) -> np.ndarray:
-    try:
-        return np.load(p, allow_pickle=False)
-    except ValueError as e:
-        raise PriorlabError(f"{p.name}: cannot read .npy ({e}); save it with np.save(arr) (no pickled objects)") from None
-    except OSError as e:
-        raise PriorlabError(f"{p.name}: unreadable .npy file ({e}); re-save it with np.save") from None
-
-
-def _read_npz(p: Path, key) -> np.ndarray:
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            names = list(z.files)
-            if key is not None:
-                if key not in names:
-                    raise PriorlabError(f"{p.name}: no array {key!r} in the archive (has: {', '.join(names)}); "
-                                        f"pass one of those as key=")
-                return z[key]
-            for k in _NPZ_KEYS:
-                if k in names:
-                    return z[k]
-            if len(names) == 1:
-                return z[names[0]]
-            raise PriorlabError(f"{p.name}: cannot tell which array holds the points (has: {', '.join(names)}); "
-                                f"pass key=")
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise PriorlabError(f"{p.name}: unreadable .npz file ({e}); re-save it with np.savez") from None
-
-
-def _bin_plausible(arr: np.ndarray, ncol: int) -> bool:
-    """Could ``arr`` (N, ncol) be a KITTI (4) or nuScenes (5) lidar scan?"""
-    if not np.isfinite(arr).all():
-        return False
-    if np.abs(arr[:, :3]).max(initial=0.0) > 1e4:
-        return False
-    feat = arr[:, 3]
-    if feat.min(initial=0.0) < 0 or feat.max(initial=0.0) > 65535:
-        return False
-    if ncol == 5:
-        ring = arr[:, 4]
-        return bool(np.all(ring == np.round(ring)) and ring.min(initial=0) >= 0 and ring.max(initial=0) < 1024)
-    return True
-
-
-def _read_bin(p: Path, bin_columns) -> np.ndarray:
-    raw = p.read_bytes()
-    if len(raw) == 0:
-        raise PriorlabError(f"{p.name}: the file is empty; check that the right file was given")
-    if len(raw) % 4:
-        raise PriorlabError(f"{p.name}: size {len(raw)} B is not a multiple of 4, so not float32 records; "
-                            f"check the file is a KITTI/nuScenes .bin scan")
-    flat = np.frombuffer(raw, dtype="<f4")
-    if bin_columns is not None:
-        if isinstance(bin_columns, bool) or not isinstance(bin_columns, (int, np.integer)) or bin_columns < 3:
-            raise PriorlabError(f"bin_columns must be an integer >= 3 (4 for KITTI, 5 for nuScenes), got {bin_columns!r}")
-        if flat.size % bin_columns:
-            raise PriorlabError(f"{p.name}: {flat.size} floats do not split into rows of bin_columns={bin_columns}; "
-                                f"KITTI uses 4, nuScenes 5")
-        return flat.reshape(-1, bin_columns)
-    candidates = [c for c in (4, 5) if flat.size % c == 0]
-    if not candidates:
-        raise PriorlabError(f"{p.name}: {flat.size} floats split into neither 4 (KITTI) nor 5 (nuScenes) columns; "
-                            f"pass bin_columns= explicitly")
-    plausible = [c for c in candidates if _bin_plausible(flat.reshape(-1, c), c)]
-    if len(plausible) == 1:
-        return flat.reshape(-1, plausible[0])
-    if not plausible:
-        raise PriorlabError(f"{p.name}: values do not look like a KITTI (4-col) or nuScenes (5-col) scan; "
-                            f"pass bin_columns= explicitly")
-    raise PriorlabError(f"{p.name}: both 4 and 5 columns fit this .bin file; pass bin_columns=4 (KITTI) "
-                        f"or bin_columns=5 (nuScenes)")
-
-
-_PCD_TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I", 4): "i4", ("I", 8): "i8",
-              ("U", 1): "u1", ("U", 2): "u2", ("U", 4): "u4", ("U", 8): "u8"}
-
-
-def _read_pcd(p: Path) -> np.ndarray:
-    data = p.read_bytes()
-    header = {}
-    pos = 0
-    while True:
-        end = data.find(b"\n", pos)
-        if end < 0:
-            raise PriorlabError(f"{p.name}: PCD header has no DATA line; the file is truncated or not a PCD")
-        line = data[pos:end].decode("ascii", errors="replace").strip()
-        pos = end + 1
-        if not line or line.startswith("#"):
-            continue
-        key, *vals = line.split()
-        header[key.upper()] = vals
-        if key.upper() == "DATA":
-            break
-        if len(header) > 20:
-            raise PriorlabError(f"{p.name}: no PCD header found; check the file is a .pcd point cloud")
-    try:
-        fields = header["FIELDS"]
-        n = len(fields)
-        sizes = [int(s) for s in header.get("SIZE", ["4"] * n)]
-        types = [t.upper() for t in header.get("TYPE", ["F"] * n)]
-        counts = [int(c) for c in header.get("COUNT", ["1"] * n)]
-        if "POINTS" in header:
-            npts = int(header["POINTS"][0])
-        else:
-            npts = int(header["WIDTH"][0]) * int(header.get("HEIGHT", ["1"])[0])
-        mode = header["DATA"][0].lower()
-    except (KeyError, ValueError, IndexError) as e:
-        raise PriorlabError(f"{p.name}: malformed PCD header ({e}); re-export it as PCD v0.7") from None
-    if not (len(sizes) == len(types) == len(counts) == n):
-        raise PriorlabError(f"{p.name}: PCD header FIELDS/SIZE/TYPE/COUNT lengths differ; re-export the file")
-    lower = [f.lower() for f in fields]
-    if not {"x", "y", "z"} <= set(lower):
-        raise PriorlabError(f"{p.name}: PCD fields {fields} lack x, y, z; the file is not a point cloud")
-    dtype_fields = []
-    for f, s, t, c in zip(fields, sizes, types, counts):
-        code = _PCD_TYPES.get((t, s))
-        if code is None:
-            raise PriorlabError(f"{p.name}: unsupported PCD field type {t}{s} for {f!r}; re-export with F4 fields")
-        dtype_fields.append((f if f != "_" else f"_pad{len(dtype_fields)}", "<" + code, (c,) if c > 1 else ()))
-    if mode == "ascii":
-        text = data[pos:].decode("ascii", errors="replace").split()
-        width = sum(counts)
-        if npts * width > len(text):
-            raise PriorlabError(f"{p.name}: PCD body has fewer values than POINTS={npts} promises; the file is truncated")
-        try:
-            table = np.asarray(text[: npts * width], dtype=np.float64).reshape(npts, width)
-        except ValueError:
-            raise PriorlabError(f"{p.name}: non-numeric values in the ASCII PCD body; the file is corrupt") from None
-        offsets = np.cumsum([0] + counts[:-1])
-    elif mode == "binary":
-        dt = np.dtype(dtype_fields)
-        need = npts * dt.itemsize
-        if len(data) - pos < need:
-            raise PriorlabError(f"{p.name}: PCD binary body is {len(data) - pos} B, expected {need} B; the file is truncated")
-        rec = np.frombuffer(data, dtype=dt, count=npts, offset=pos)
-        cols = []
-        for name, _, shape in dtype_fields:
-            if name.startswith("_pad"):
-                continue
-            v = rec[name].astype(np.float64)
-            cols.append(v.reshape(npts, -1))
-        table = np.concatenate(cols, axis=1) if cols else np.zeros((npts, 0))
-        # rebuild offsets without padding fields
-        kept = [(f, c) for f, c in zip(fields, counts) if f != "_"]
-        fields = [f for f, _ in kept]
-        lower = [f.lower() for f in fields]
-        counts = [c for _, c in kept]
-        offsets = np.cumsum([0] + counts[:-1])
-    else:
-        raise PriorlabError(f"{p.name}: PCD 'DATA {mode}' is not supported; re-save the cloud with DATA binary or ascii")
-    order = [lower.index("x"), lower.index("y"), lower.index("z")]
-    order += [i for i in range(len(fields)) if i not in order]
-    cols = [table[:, offsets[i]] for i in order]  # first component of each field
-    return np.stack(cols, axis=1)
-
-
-_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
-
-
-def _read_ply(p: Path) -> np.ndarray:
-    data = p.read_bytes()
-    end = data.find(b"end_header")
-    if not data.startswith(b"ply") or end < 0:
-        raise PriorlabError(f"{p.name}: not a PLY file (no 'ply' magic or 'end_header'); check the file")
-    nl = data.find(b"\n", end)
-    body_start = nl + 1 if nl >= 0 else len(data)
-    lines = data[:end].decode("ascii", errors="replace").splitlines()
-    fmt = None
-    elements = []  # (name, count, [(prop, type)], has_list)
-    for line in lines[1:]:
-        tok = line.split()
-        if not tok or tok[0] in ("comment", "obj_info"):
-            continue
-        if tok[0] == "format":
-            fmt = tok[1]
-        elif tok[0] == "element":
-            elements.append([tok[1], int(tok[2]), [], False])
-        elif tok[0] == "property":
-            if not elements:
-                raise PriorlabError(f"{p.name}: PLY property before any element; the header is malformed")
-            if tok[1] == "list":
-                elements[-1][3] = True
-                elements[-1][2].append((tok[-1], "list"))
-            else:
-                if tok[1] not in _PLY_TYPES:
-                    raise PriorlabError(f"{p.name}: unknown PLY property type {tok[1]!r}; re-export with float x y z")
-                elements[-1][2].append((tok[2], _PLY_TYPES[tok[1]]))
-    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
-        raise PriorlabError(f"{p.name}: PLY format {fmt!r} not supported; use ascii or binary_little_endian")
-    names = [e[0] for e in elements]
-    if "vertex" not in names:
-        raise PriorlabError(f"{p.name}: PLY has no 'vertex' element; the file holds no points")
-    vi = names.index("vertex")
-    name, count, props, has_list = elements[vi]
-    pnames = [q[0] for q in props]
-    if not {"x", "y", "z"} <= set(pnames):
-        raise PriorlabError(f"{p.name}: PLY vertices lack x, y, z properties; the file is not a point cloud")
-    if has_list:
-        raise PriorlabError(f"{p.name}: PLY vertex element has list properties; re-export the points without them")
-    if fmt == "ascii":
-        text = data[body_start:].decode("ascii", errors="replace").splitlines()
-        skip = sum(e[1] for e in elements[:vi])
-        rows = text[skip: skip + count]
-        if len(rows) < count:
-            raise PriorlabError(f"{p.name}: PLY body has {len(rows)} vertex lines, header says {count}; truncated file")
-        try:
-            table = np.array([r.split()[: len(props)] for r in rows], dtype=np.float64)
-        except ValueError:
-            raise PriorlabError(f"{p.name}: malformed vertex lines in the ASCII PLY body; the file is corrupt") from None
-        if table.ndim != 2 or table.shape[1] != len(props):
-            raise PriorlabError(f"{p.name}: vertex lines do not have {len(props)} values each; the file is corrupt")
-    else:
-        end_c = "<" if fmt == "binary_little_endian" else ">"
-        offset = body_start
-        for e in elements[:vi]:
-            if e[3]:
-                raise PriorlabError(f"{p.name}: a list element precedes the vertices in this binary PLY; "
-                                    f"re-export with vertices first")
-            offset += e[1] * np.dtype([(q[0], end_c + q[1]) for q in e[2]]).itemsize
-        dt = np.dtype([(q[0], end_c + q[1]) for q in props])
-        if len(data) - offset < count * dt.itemsize:
-            raise PriorlabError(f"{p.name}: PLY binary body shorter than {count} vertices; the file is truncated")
-        rec = np.frombuffer(data, dtype=dt, count=count, offset=offset)
-        table = np.stack([rec[q[0]].astype(np.float64) for q in props], axis=1) if count else np.zeros((0, len(props)))
-    order = [pnames.index("x"), pnames.index("y"), pnames.index("z")]
-    order += [i for i in range(len(props)) if i not in order]
-    return table[:, order]
-
-
-def _pandas():
-    try:
-        import pandas as pd  # noqa: F401
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise PriorlabError("reading .feather files needs pandas and pyarrow; pip install 'priorlab[av2]'") from None
-    return pd
-
-
-def _read_feather(p: Path) -> np.ndarray:
-    pd = _pandas()
-    try:
-        df = pd.read_feather(p)
-    except Exception as e:  # pyarrow raises several types
-        raise PriorlabError(f"{p.name}: unreadable Feather file ({type(e).__name__}); check it is an AV2 sweep") from None
-    cols = [c for c in ("x", "y", "z") if c in df.columns]
-    if len(cols) < 3:
-        raise PriorlabError(f"{p.name}: Feather table lacks x, y, z columns (has {list(df.columns)[:8]}); "
-                            f"it is not a lidar sweep")
-    extra = [c for c in ("intensity",) if c in df.columns]
-    extra += [c for c in df.columns if c not in cols + extra and np.issubdtype(df[c].dtype, np.number)]
-    return df[cols + extra].to_numpy(dtype=np.float64)
-
-
-# --------------------------------------------------------------------------------------------- #
 # public API
 # --------------------------------------------------------------------------------------------- #
 def load_points(path, *, columns: int = 3, bin_columns: int | None = None, key: str | None = None,
-                drop_invalid: bool = False) -> np.ndarray:
-    """Load a lidar point cloud as a float32 array of shape ``(N, columns)``.
+                drop_invalid: bool = False, dtype=np.float32) -> np.ndarray:
+    """Load a lidar point cloud as an array of shape ``(N, columns)`` (float32, or ``dtype=np.float64``).
 
     Columns are x, y, z first, then the file's further per-point values in file order (intensity,
     ring, ...). ``bin_columns`` forces the record width of a ``.bin`` file; ``key`` selects the array
     in an ``.npz``; ``drop_invalid=True`` silently drops points with NaN/inf instead of raising.
     """
+    return _load_points(path, columns=columns, bin_columns=bin_columns, key=key, drop_invalid=drop_invalid,
+                        dtype=dtype, nan_hint="pass drop_invalid=True to drop them")
+
+
+def _load_points(path, *, columns, bin_columns, key, drop_invalid, dtype, nan_hint) -> np.ndarray:
+    """:func:`load_points` with the NaN message's hint chosen by the caller (the CLI names its flag)."""
     columns = _check_columns(columns)
+    if dtype not in (np.float32, np.float64, "float32", "float64"):
+        raise PriorlabError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
+    dtype = np.dtype(dtype)
     p = _path(path)
     if p.is_dir():
         raise PriorlabError(f"{p} is a directory; pass a point-cloud file ({', '.join(SUPPORTED_EXTENSIONS)})")
     ext = p.suffix.lower()
-    if ext == ".npy":
-        arr = _read_npy(p)
-    elif ext == ".npz":
-        arr = _read_npz(p, key)
-    elif ext == ".bin":
-        arr = _read_bin(p, bin_columns)
-    elif ext == ".pcd":
-        arr = _read_pcd(p)
-    elif ext == ".ply":
-        arr = _read_ply(p)
-    elif ext == ".feather":
-        arr = _read_feather(p)
-    else:
+    if ext not in _READERS:
         raise PriorlabError(f"{p.name}: unknown point-cloud extension {ext or '(none)'!r}; "
                             f"use one of {', '.join(SUPPORTED_EXTENSIONS)}")
-    arr = np.asarray(arr)
+    try:
+        arr = np.asarray(_READERS[ext](p, {"key": key, "bin_columns": bin_columns}))
+    except OSError as e:
+        raise PriorlabError(f"{p.name}: cannot read the file ({e.strerror or e}); "
+                            f"check its permissions") from None
     if arr.ndim == 2 and arr.shape[0] == 0:
         raise PriorlabError(f"{p.name}: the file holds no points; check that the right file was given")
-    return _finish(arr, columns, p, drop_invalid)
+    return _finish(arr, columns, p, drop_invalid, dtype, nan_hint)
 
 
 def save_flow(path, flow, **extra) -> Path:
@@ -399,8 +162,11 @@ def save_flow(path, flow, **extra) -> Path:
     for k, v in arrays.items():
         if v.dtype == object:
             raise PriorlabError(f"extra entry {k!r} is not a plain array; pass numbers or numeric arrays only")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(p, flow=f.astype(np.float32), **arrays)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(p, flow=f.astype(np.float32), **arrays)
+    except OSError as e:
+        raise PriorlabError(f"cannot write {p} ({e.strerror or e}); choose a writable folder") from None
     return p
 
 
@@ -410,7 +176,7 @@ def load_flow(path) -> dict:
     try:
         with np.load(p, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise PriorlabError(f"{p.name}: unreadable flow file ({e}); write it with save_flow") from None
     if "flow" not in out:
         raise PriorlabError(f"{p.name}: no 'flow' array (has: {', '.join(out) or 'nothing'}); write it with save_flow")
@@ -453,7 +219,7 @@ def _load_av2_npz(p: Path) -> dict:
     try:
         with np.load(p, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise PriorlabError(f"{p.name}: unreadable pair archive ({e}); convert the pair again") from None
     missing = [k for k in ("pc0", "pc1") if k not in out]
     if missing:
@@ -470,7 +236,7 @@ def _load_av2_npz(p: Path) -> dict:
 
 
 def _load_av2_raw(log: Path, timestamp_ns) -> dict:
-    pd = _pandas()
+    pd = pandas_or_error()
     lidar_dir = log / "sensors" / "lidar"
     sweeps = sorted(lidar_dir.glob("*.feather"), key=lambda q: int(q.stem) if q.stem.isdigit() else -1)
     if len(sweeps) < 2:

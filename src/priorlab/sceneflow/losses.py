@@ -104,7 +104,10 @@ def _truncate(sq: torch.Tensor, truncate):
 
 
 def _chamfer(p: torch.Tensor, q: torch.Tensor, truncate, p_index: KDIndex | None = None,
-             q_index: KDIndex | None = None, method: str = "auto") -> torch.Tensor:
+             q_index: KDIndex | None = None, method: str = "auto",
+             counts: list | None = None) -> torch.Tensor:
+    """The truncated Chamfer; ``counts`` (a 2-list) accumulates [terms within the truncation, all terms]
+    so that callers can tell a fit whose every term is truncated (loss 0, zero gradient) from a good one."""
     if q_index is not None:
         idx = q_index.query_indices(p)
         d_pq = ((p - q[idx]) ** 2).sum(-1)
@@ -115,6 +118,11 @@ def _chamfer(p: torch.Tensor, q: torch.Tensor, truncate, p_index: KDIndex | None
         d_qp = ((q - p[idx]) ** 2).sum(-1)
     else:
         d_qp, _ = nearest_neighbor(q, p, method=method)
+    if counts is not None:
+        n = len(d_pq) + len(d_qp)
+        kept = n if truncate is None else int((d_pq < truncate).sum() + (d_qp < truncate).sum())
+        counts[0] += kept
+        counts[1] += n
     return _truncate(d_pq, truncate).mean() + _truncate(d_qp, truncate).mean()
 
 

@@ -29,7 +29,19 @@ Deviations (deliberate):
 * ``points=N`` samples each cloud uniformly at random; the official Argoverse/nuScenes loaders draw
   80 % of the points from annotated (moving) objects using ground-truth tracks, which leaks labels;
 * the fitted field is evaluated at every point of ``pc1`` afterwards (the official code only reports
-  flow on the sampled points).
+  flow on the sampled points);
+* both clouds are centred on the mean of the fitted ``pc1`` points (in float64) before the fit, and
+  the field subtracts the same centre from its queries (``estimate_flow(centre=True)``, the default).
+  The official ``data.py`` centres this way only for FlyingThings3D and feeds KITTI / Argoverse /
+  nuScenes sweeps in the sensor frame; centring makes the fit exactly translation-equivariant and
+  keeps map / UTM coordinates (1 km - 1e6 m from the origin) usable. It is not a no-op near the
+  origin: shifting the MLP's input is a reparametrisation of its first-layer bias, so results in
+  the sensor frame differ from uncentred fits like another seed would (``centre=False`` restores
+  the official sensor-frame behaviour);
+* a fit whose every Chamfer term is beyond the truncation at the start (loss exactly 0, zero
+  gradient) raises instead of "converging" at once; if the fit later reaches such a state, it stops
+  there with ``stop_reason="degenerate"`` and returns the best earlier iterate (the official code
+  would keep the meaningless loss-0 iterate as the best one).
 """
 
 from __future__ import annotations
@@ -133,13 +145,18 @@ class NSFPProblem:
         self.idx_pc2 = KDIndex(pc2) if cpu else None
         self.idx_pc1 = KDIndex(pc1) if (cpu and self.backward) else None
         self.device = device
+        # share of the data term's Chamfer terms within the truncation at the last loss (the cycle
+        # term is a regulariser: it can stay small while the flow fits nothing)
+        self.kept_share = 1.0
 
     def loss(self) -> torch.Tensor:
+        counts = [0, 0]
         deformed = self.pc1 + self.net(self.pc1)
-        loss = _chamfer(deformed, self.pc2, self.truncate, q_index=self.idx_pc2)
+        loss = _chamfer(deformed, self.pc2, self.truncate, q_index=self.idx_pc2, counts=counts)
         if self.backward:
             back = deformed - self.net_inv(deformed)
             loss = loss + _chamfer(back, self.pc1, self.truncate, q_index=self.idx_pc1)
+        self.kept_share = counts[0] / counts[1]
         return loss
 
     def snapshot(self):

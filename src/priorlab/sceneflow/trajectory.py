@@ -94,13 +94,41 @@ def as_poses(poses, n: int) -> np.ndarray:
         raise PriorlabError(f"got {len(P)} poses for {n} frames; give exactly one pose per frame")
     if not np.isfinite(P).all():
         raise PriorlabError("poses contain NaN or inf; check the pose file")
+    _check_rigid(P)
     return np.linalg.inv(P[0]) @ P
+
+
+_RIGID_TOL = 1e-3  # poses stored with ~6 significant digits are orthonormal to ~1e-6
+
+
+def _check_rigid(P: np.ndarray) -> None:
+    """Every pose must be rigid: rotation block orthonormal with det +1, bottom row 0 0 0 1."""
+    for k, T in enumerate(P):
+        if np.abs(T[3] - [0, 0, 0, 1]).max() > _RIGID_TOL:
+            raise PriorlabError(f"pose {k} has bottom row {T[3].tolist()}, not [0, 0, 0, 1]; give rigid "
+                                f"frame->world transforms")
+        R = T[:3, :3]
+        err = float(np.abs(R.T @ R - np.eye(3)).max())
+        if err > _RIGID_TOL:
+            why = "singular" if abs(np.linalg.det(R)) < 1e-9 else "scaled or sheared"
+            raise PriorlabError(f"pose {k} is not rigid: its rotation block is {why} (max |R^T R - I| = "
+                                f"{err:.3g}, tolerance {_RIGID_TOL:g}); give rotation + translation poses "
+                                f"(orthonormal R)")
+        if np.linalg.det(R) < 0:
+            raise PriorlabError(f"pose {k} is a reflection (det R = -1), not a rotation; check the axis "
+                                f"convention of the pose file")
 
 
 def transform(points: np.ndarray, T: np.ndarray) -> np.ndarray:
     """Apply a 4x4 rigid transform to (N,3) points (float32 out)."""
     p = np.asarray(points, dtype=np.float64)
     return (p @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+
+
+def _xyz(points) -> np.ndarray:
+    """xyz columns as float, keeping float64 (map coordinates lose centimetres in float32)."""
+    arr = np.asarray(points)
+    return np.ascontiguousarray(arr[:, :3], dtype=np.float64 if arr.dtype == np.float64 else np.float32)
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -134,7 +162,7 @@ class FittedField:
             self._tree, self._flow = cKDTree(anchors), flow
 
     def __call__(self, points) -> np.ndarray:
-        p = np.ascontiguousarray(np.asarray(points, dtype=np.float32)[:, :3])
+        p = _xyz(points)
         if len(p) == 0:
             return np.zeros((0, 3), np.float32)
         if self.fn is not None:
@@ -180,7 +208,7 @@ def make_estimator(method: str = "nsfp", *, points: int | None = None, seed: int
     from priorlab.sceneflow.estimate import estimate_flow
 
     def estimator(pc_a, pc_b) -> FittedField:
-        a, b = np.asarray(pc_a, np.float32), np.asarray(pc_b, np.float32)
+        a, b = _xyz(pc_a), _xyz(pc_b)
         ma, mb = fit_mask(a, max_range, remove_ground, ground_threshold), fit_mask(b, max_range, remove_ground, ground_threshold)
         if ma.sum() < 3 or mb.sum() < 3:
             raise PriorlabError(f"only {int(ma.sum())}/{int(mb.sum())} points left after range crop / ground removal; "
