@@ -88,4 +88,10 @@ def test_reproduction_smoke_shares_one_trajectory_between_arms():
         assert out.metrics["excess_loss"] > -1e-6  # the optimal loss is a true floor
         assert 0 < out.metrics["probe_acc"] <= out.metrics["probe_bayes_acc"] + 1e-9
     assert outputs["converged"].curves == outputs["continued"].curves
+    # ... but read at different steps: the continued arm is a different model
+    for comparison in claim.comparisons:
+        method, baseline = outputs[comparison.method].metrics, outputs[comparison.baseline].metrics
+        assert method["step"] != baseline["step"]
+        assert method["excess_loss"] != baseline["excess_loss"]
+        assert method["hessian_trace"] != baseline["hessian_trace"]
     assert outputs["converged"].metrics["step"] == 100 and outputs["continued"].metrics["step"] == 300

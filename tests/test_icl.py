@@ -164,12 +164,25 @@ def test_bad_input_raises_priorlab_error(bad):
 def test_reproduction_smoke_runs_every_arm():
     from priorlab.reproductions import p012_icl as repro
 
-    cfg = repro.CLAIM.tiers["smoke"]
-    for arm in repro.CLAIM.arms:
-        out = repro.run(arm, cfg, seed=0)
+    cfg = {**repro.CLAIM.tiers["smoke"], "steps": 40, "eval_prompts": 64}
+    outs = {arm: repro.run(arm, cfg, seed=0) for arm in repro.CLAIM.arms}
+    for out in outs.values():
         assert set(out.metrics) >= {repro.CLAIM.metric, *repro.CLAIM.extra_metrics}
         assert all(math.isfinite(v) for v in out.metrics.values())
         assert len(out.curves["spd_by_context"]["y"]) == cfg["examples"] - 1
         assert out.metrics["spd"] >= 0
+    # each condition's ridge is Bayes-optimal for its own noise: none without noise
+    assert outs["noisy_ridge"].info["ridge_lambda"] == cfg["noise_std"] ** 2
+    assert outs["noiseless_ols"].info["ridge_lambda"] == 0.0
+    # arms of one condition score the same model against different learners: the SPDs differ,
+    # the model's own error does not
+    for comparison in repro.CLAIM.comparisons:
+        method, baseline = outs[comparison.method], outs[comparison.baseline]
+        assert method.metrics["spd"] != baseline.metrics["spd"]
+        assert method.metrics["icl_mse"] == baseline.metrics["icl_mse"]
+    # noiseless least squares interpolates once the context has d examples: zero error there
+    assert outs["noiseless_ols"].metrics["reference_mse"] < outs["noiseless_gd"].metrics["reference_mse"]
     with pytest.raises(PriorlabError):
         repro.run("noisy_lasso", cfg, seed=0)
+    with pytest.raises(PriorlabError):
+        repro.run("noiseless_ridge", cfg, seed=0)

@@ -186,9 +186,14 @@ def test_information_surplus_exact_and_sampled():
 def test_reproduction_smoke_runs_both_arms():
     claim = p040_markov.CLAIM
     cfg = dict(claim.tiers["smoke"], steps=30)
-    for arm in claim.arms:
-        out = p040_markov.run(arm, cfg, seed=0)
+    outs = {arm: p040_markov.run(arm, cfg, seed=0) for arm in claim.arms}
+    for out in outs.values():
         assert {claim.metric, *claim.extra_metrics} <= set(out.metrics)
         assert all(math.isfinite(v) for v in out.metrics.values())
         assert 0 <= out.metrics["alignment"] <= 1 + 1e-9
         assert out.metrics["excess_loss"] > -1e-6
+    # training moves the model: at the same seed the trained arm differs from its initialisation
+    for comparison in claim.comparisons:
+        method, baseline = outs[comparison.method].metrics, outs[comparison.baseline].metrics
+        assert method[claim.metric] != baseline[claim.metric]
+        assert method["excess_loss"] != baseline["excess_loss"]

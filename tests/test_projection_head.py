@@ -72,10 +72,22 @@ def test_bad_input_raises(bad):
 
 def test_reproduction_smoke_all_arms():
     cfg = repro.CLAIM.tiers["smoke"]
-    for arm in repro.CLAIM.arms:
-        out = repro.run(arm, cfg, seed=0)
+    outs = {arm: repro.run(arm, cfg, seed=0) for arm in repro.CLAIM.arms}
+    for out in outs.values():
         assert set(out.metrics) == {"fine_probe_acc", "coarse_probe_acc", "final_supcon_loss"}
         assert all(math.isfinite(v) for v in out.metrics.values())
+        # accuracies are counts over the test images
+        n_test = round(1 / out.resolution["fine_probe_acc"])
+        assert out.metrics["fine_probe_acc"] * n_test == pytest.approx(
+            round(out.metrics["fine_probe_acc"] * n_test))
+    pre, post = outs["pre_projection"], outs["post_projection"]
+    # the same trained network read at two layers: same training, different features
+    assert pre.metrics["final_supcon_loss"] == post.metrics["final_supcon_loss"]
+    assert pre.metrics["fine_probe_acc"] != post.metrics["fine_probe_acc"]
+    assert pre.info["feature_dim"] == cfg["encoder"][-1] and post.info["feature_dim"] == cfg["feat_dim"]
+    # without a head the network trains differently
+    assert outs["no_head"].metrics["final_supcon_loss"] != pre.metrics["final_supcon_loss"]
+    out = pre
     # the supcon loss fell during training
     y = out.curves["supcon_loss"]["y"]
     assert y[-1] < y[0]

@@ -70,8 +70,13 @@ def test_bounds_predict_which_algorithm_stays_at_the_minimum():
     x = torch.tensor([[c ** 0.5, 0.0], [0.0, c ** 0.5]], dtype=torch.float64)
     y = torch.zeros(2, dtype=torch.float64)
     model = torch.nn.Linear(2, 1, bias=False).double()
-    out = lambda inputs: model(inputs).squeeze(-1)
-    loss = lambda o, t: mse(o.squeeze(-1), t)
+
+    def out(inputs):
+        return model(inputs).squeeze(-1)
+
+    def loss(o, t):
+        return mse(o.squeeze(-1), t)
+
     lr = 2.2 / c
     report = stability_bound_check(model, loss, (x, y), lr=lr)
     assert report.trace == pytest.approx(c) and report.sharpness == pytest.approx(c / 2)
@@ -125,11 +130,26 @@ def test_reference_lr_leaves_exactly_the_sparse_solution_room():
 def test_reproduction_smoke_runs_every_arm():
     claim = p024_stability.CLAIM
     cfg = dict(claim.tiers["smoke"], steps=1_500, warmup=500)
-    for arm in claim.arms:
-        out = p024_stability.run(arm, cfg, seed=0)
+    outs = {arm: p024_stability.run(arm, cfg, seed=0) for arm in claim.arms}
+    for out in outs.values():
         assert claim.metric in out.metrics
         assert all(math.isfinite(v) for v in out.metrics.values())
         if not out.metrics["diverged"]:
             assert set(claim.extra_metrics) <= set(out.metrics)
+    # same data and start, different algorithm: SGD and GD end at different predictors
+    for lr in p024_stability.LR_FRACTIONS:
+        sgd, gd = outs[f"sgd_{lr}"].metrics, outs[f"gd_{lr}"].metrics
+        assert sgd["test_error"] != gd["test_error"]
+        assert sgd["trace_ratio"] != gd["trace_ratio"]
+    # the ratios are the measured quantities over the bound 2/lr
+    for out in outs.values():
+        m = out.metrics
+        assert m["trace_ratio"] == pytest.approx(m["trace"] * m["lr"] / 2)
+        assert m["sharpness_ratio"] == pytest.approx(m["sharpness"] * m["lr"] / 2)
+    # GD's trace ratio grows with lr (its minimum barely moves); only lambda_max holds it
+    assert outs["gd_lr0.6"].metrics["trace_ratio"] > outs["gd_lr0.2"].metrics["trace_ratio"]
+    # every bound names an arm that runs and a metric the runs report
+    for bound in p024_stability.CLAIM.bounds:
+        assert bound.metric in outs[bound.arm].metrics and bound.bar == 1.0
     with pytest.raises(PriorlabError):
         p024_stability.run("adam_lr0.2", cfg, seed=0)

@@ -185,13 +185,24 @@ def test_reproduction_smoke_runs_every_arm():
     from priorlab.reproductions import p023_tf_svm as repro
 
     cfg = repro.CLAIM.tiers["smoke"]
-    for arm in repro.CLAIM.arms:
-        out = repro.run(arm, cfg, seed=0)
+    outs = {arm: repro.run(arm, cfg, seed=0) for arm in repro.CLAIM.arms}
+    for arm, out in outs.items():
         assert repro.CLAIM.metric in out.metrics
         assert all(math.isfinite(v) for v in out.metrics.values())
         if arm != repro.BAR_ARM:
             curve = out.curves["svm_cosine"]
             assert len(curve["x"]) == len(curve["y"]) == cfg["steps"] // cfg["record_every"] + 1
             assert -1.0 <= out.metrics["svm_cosine"] <= 1.0
+    # every comparison's arms score different things at the same seed
+    for comparison in repro.CLAIM.comparisons:
+        assert (outs[comparison.method].metrics["svm_cosine"]
+                != outs[comparison.baseline].metrics["svm_cosine"])
+    # one parametrisation, two SVMs: the same trained W, scored against both
+    w_fro, w_nuc = outs["W_to_fro"].metrics, outs["W_to_nuc"].metrics
+    assert w_fro["weight_norm"] == w_nuc["weight_norm"]
+    assert w_fro["svm_pair_cosine"] == w_nuc["svm_pair_cosine"] < 1.0
+    # the two parametrisations train different weights from the same data
+    assert outs["KQ_to_nuc"].metrics["weight_norm"] != w_fro["weight_norm"]
+    assert outs[repro.BAR_ARM].metrics["svm_cosine"] == repro.PAPER_BAR
     with pytest.raises(PriorlabError):
         repro.run("W_to_frob", cfg, seed=0)

@@ -236,7 +236,13 @@ CARD = register(MethodCard(
         "ridge (noisy), with small models closer to gradient descent. Our reproduction trains "
         "one tiny model per noise level (d = 4, about 35 CPU-seconds of training) and tests "
         "which reference learner it is closest to in squared prediction difference; the depth "
-        "/ width sweep and the probing experiments are not run."),
+        "/ width sweep and the probing experiments are not run. Each noise level is scored "
+        "against its own Bayes-optimal ridge, lam = sigma^2/tau^2, which without noise is least "
+        "squares (claim revision 2; revision 1 also held the noiseless model to the noisy "
+        "level's lam = 0.25, a lam chosen for another noise level). The ridge lam the model "
+        "matches best is reported beside the verdict (best_ridge_log10_lambda): our small "
+        "noiseless model matches lam near 0.56 better than least squares, i.e. it still "
+        "shrinks its predictions."),
     component=ICLTransformer,
     adapter=None,
     example=_example,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from priorlab.harness.claim import Claim, Comparison, RunOutput
+from priorlab.harness.claim import Budget, Claim, Comparison, RunOutput, Untested
 from priorlab.sceneflow.estimate import estimate_flow
 from priorlab.sceneflow.io import av2_sample_pair, load_av2_pair
 from priorlab.sceneflow.metrics import scene_flow_metrics, threeway_epe
@@ -33,6 +33,9 @@ ARMS = tuple(f"{s}_{m}" for s in SETTINGS for m in METHODS)
 # tolerance of Acc5, and the paper's gains over non-prior baselines are several times larger.
 MIN_EFFECT_M = 0.02
 GRID_LIMIT_BYTES = 4 << 30
+CLAUSES = ("an MLP optimised at run time on one pair of point clouds needs no training data",
+           "it is a prior that cuts scene-flow end-point error decisively against free per-point "
+           "flow vectors optimised on the same Chamfer objective")
 
 CLAIM = Claim(
     seed_id=1,
@@ -54,8 +57,19 @@ CLAIM = Claim(
     metric="EPE3D",
     higher_is_better=False,
     arms=ARMS,
-    comparisons=tuple(Comparison(f"{s}_nsfp", f"{s}_free", "superiority", min_effect=MIN_EFFECT_M)
+    comparisons=tuple(Comparison(f"{s}_nsfp", f"{s}_free", "superiority", min_effect=MIN_EFFECT_M,
+                                 clause=CLAUSES[1])
                       for s in SETTINGS),
+    clauses=CLAUSES,
+    untested=(Untested(CLAUSES[0], "true by construction: every arm is fitted to the one pair it is "
+                                   "scored on and no arm sees any other data, so there is nothing "
+                                   "to measure"),),
+    budget=Budget(unit="iterations", ours=5000, paper=5000,
+                  note=("at most 5,000 Adam iterations per pair with early stopping (patience "
+                        "100), the official config; runs stop earlier when the loss plateaus")),
+    # EPE in metres: lidar ranges carry centimetre noise, so differences below 1 mm mean nothing
+    # (the bar is 2 cm)
+    resolution={"EPE3D": 1e-3},
     tiers={
         "smoke": {"points": 512, "max_iters": 150,
                   "scene": {"n_beams": 16, "azimuth_resolution": 0.8, "n_objects": 8,
@@ -101,8 +115,10 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
         # The 0.1 m grid over the real pair's 100 x 100 x 13 m evaluation box needs ~2.5 GiB;
         # allow it rather than crop the evaluation set differently from the other arms.
         options = {"max_grid_bytes": GRID_LIMIT_BYTES} if method == "fast" else {}
+        # centre=False: the official NSFP loaders for KITTI / Argoverse fit in the sensor frame
+        # (only FlyingThings3D is centred); centring acts like another first-layer bias draw
         result = estimate_flow(moved, target, method, points=cfg["points"], seed=seed,
-                               max_iters=cfg["max_iters"], progress=False, **options)
+                               max_iters=cfg["max_iters"], progress=False, centre=False, **options)
         residual, fitted = result.flow, result.info["fit_indices"]
         iterations, seconds = result.iterations, result.time_s
         info = {"stop_reason": result.info["stop_reason"], "final_loss": result.final_loss,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from priorlab.data.images import ImageData, load_images
 from priorlab.data.noise import symmetric_noise
 from priorlab.errors import did_you_mean
-from priorlab.harness.claim import Claim, Comparison, RunOutput
+from priorlab.harness.claim import Budget, Claim, Comparison, RunOutput, Untested
 from priorlab.hooks import Adapter
 from priorlab.methods.elr import ELR
 from priorlab.models import mlp
@@ -29,6 +29,12 @@ from priorlab.train import SchedulerStep, accuracy, fit
 
 ARMS = {"ce_sym40": ("ce", 0.4), "elr_sym40": ("elr", 0.4),
         "ce_sym80": ("ce", 0.8), "elr_sym80": ("elr", 0.8)}
+
+CLAUSES = ("under symmetric label noise, cross-entropy first fits the clean labels and then "
+           "memorises the wrong ones, losing test accuracy",
+           "ELR prevents the memorisation",
+           "ELR ends with higher clean test accuracy than cross-entropy",
+           "the CIFAR-10 numbers (80% noise: 73.9% vs 53.8%)")
 
 _OPTIM = dict(lr=0.02, momentum=0.9, weight_decay=1e-3, batch_size=128, T_0=10, eta_min=1e-3,
               lam=3.0, beta=0.7)
@@ -57,8 +63,23 @@ CLAIM = Claim(
     arms=tuple(ARMS),
     # The paper's gaps on CIFAR-10 are 7 (40%) and 20 (80%) points; 2 points is a clear,
     # conservative bar for a small MLP on an easier dataset.
-    comparisons=(Comparison("elr_sym40", "ce_sym40", "superiority", min_effect=0.02),
-                 Comparison("elr_sym80", "ce_sym80", "superiority", min_effect=0.02)),
+    comparisons=(Comparison("elr_sym40", "ce_sym40", "superiority", min_effect=0.02,
+                            clause=CLAUSES[2]),
+                 Comparison("elr_sym80", "ce_sym80", "superiority", min_effect=0.02,
+                            clause=CLAUSES[2])),
+    clauses=CLAUSES,
+    untested=(
+        Untested(CLAUSES[0], "a statement about one arm's trajectory (best vs last accuracy, "
+                             "memorised_fraction over epochs): recorded and plotted for every run, "
+                             "but the verdict compares arms, not two points of one curve"),
+        Untested(CLAUSES[1], "memorised_fraction is reported per arm beside the verdict; it was not "
+                             "declared as a guard before the first full-tier run, and adding one "
+                             "is a claim revision"),
+        Untested(CLAUSES[3], "needs CIFAR-10 and a ResNet-34 for 150 epochs; a small MLP on "
+                             "Fashion-MNIST tests the direction, not the numbers"),
+    ),
+    budget=Budget(unit="epochs", ours=100, paper=150,
+                  note="epochs over our 2,000 images; the official CIFAR-10 config runs 150 over 45k"),
     tiers={
         "smoke": dict(dataset="digits", n_train=None, n_test=None, hidden=[128], epochs=10,
                       eval_every=1, **_OPTIM),
@@ -120,4 +141,6 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     curves = {name: {"x": epochs, "y": history[name]} for name in names}
     info = {"actual_noise_rate": float(corrupted.float().mean()), "n_train": len(noisy),
             "best_epoch": int(epochs[history["test_acc"].index(metrics["best_test_acc"])])}
-    return RunOutput(metrics=metrics, curves=curves, info=info)
+    # one test image moves an accuracy on n images by 1/n
+    resolution = {name: 1 / len(data.y_test) for name in ("test_acc", "best_test_acc")}
+    return RunOutput(metrics=metrics, curves=curves, info=info, resolution=resolution)
