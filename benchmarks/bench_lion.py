@@ -5,7 +5,8 @@
 Both optimizers update identical copies of the model with the same gradients. Step times are
 measured in interleaved repetitions in this one run (so machine load hits both alike) and
 compared by their medians. "lion (default)" is Lion(foreach=None): the per-parameter loop on
-CPU, the multi-tensor kernels on an accelerator. Targets from the paper (arXiv:2302.06675): Lion is not slower than
+CPU, the multi-tensor kernels on an accelerator. Targets from the paper (arXiv:2302.06675):
+Lion is not slower than
 AdamW (foreach) and keeps half its state. Writes benchmarks/results/lion.json.
 """
 

@@ -32,8 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from priorlab.sceneflow import (DistanceTransform, crop_range, estimate_flow, load_av2_pair, scene_flow_metrics,
-                                threeway_epe)
+from priorlab.sceneflow import (
+    DistanceTransform,
+    crop_range,
+    estimate_flow,
+    load_av2_pair,
+    scene_flow_metrics,
+    threeway_epe,
+)
 from priorlab.sceneflow.losses import KDIndex
 from priorlab.sceneflow.nsfp import NSFP_DEFAULTS, NSFPProblem
 
@@ -50,19 +56,34 @@ def load_cropped():
     pair = load_av2_pair(data_dir() / PAIR)
     m0 = pair["eval_mask"] & crop_range(pair["pc0"], **CROP)
     m1 = ~pair["is_ground1_map"] & crop_range(pair["pc1"], **CROP)
-    return {"pc0": pair["pc0"][m0], "pc1": pair["pc1"][m1], "flow": pair["flow"][m0],
-            "classes": pair["classes"][m0], "dynamic": pair["dynamic"][m0]}
+    return {
+        "pc0": pair["pc0"][m0],
+        "pc1": pair["pc1"][m1],
+        "flow": pair["flow"][m0],
+        "classes": pair["classes"][m0],
+        "dynamic": pair["dynamic"][m0],
+    }
 
 
 def run(method, d, points, iters):
     res = estimate_flow(d["pc0"], d["pc1"], method, points=points, max_iters=iters, progress=False, seed=0)
     m = scene_flow_metrics(res.flow, d["flow"])
     m3 = threeway_epe(res.flow, d["flow"], d["classes"], d["dynamic"])
-    return {"time_s": res.time_s, "iterations": res.iterations, "setup_s": res.info["setup_s"],
-            "ms_per_iter": 1000 * res.info["loop_s"] / max(res.iterations, 1), "eval_s": res.info["eval_s"],
-            "stop": res.info["stop_reason"], "EPE3D": m["EPE3D"], "Acc5": m["Acc5"], "Acc10": m["Acc10"],
-            "EPE_3way": m3["EPE_3way"], "EPE_FD": m3["EPE_FD"], "fit_points": res.info["fit_points"],
-            **({"grid_shape": res.info["grid_shape"]} if "grid_shape" in res.info else {})}
+    return {
+        "time_s": res.time_s,
+        "iterations": res.iterations,
+        "setup_s": res.info["setup_s"],
+        "ms_per_iter": 1000 * res.info["loop_s"] / max(res.iterations, 1),
+        "eval_s": res.info["eval_s"],
+        "stop": res.info["stop_reason"],
+        "EPE3D": m["EPE3D"],
+        "Acc5": m["Acc5"],
+        "Acc10": m["Acc10"],
+        "EPE_3way": m3["EPE_3way"],
+        "EPE_FD": m3["EPE_FD"],
+        "fit_points": res.info["fit_points"],
+        **({"grid_shape": res.info["grid_shape"]} if "grid_shape" in res.info else {}),
+    }
 
 
 def nsfp_breakdown(d, points, iters):
@@ -117,12 +138,18 @@ def nsfp_breakdown(d, points, iters):
         if it >= 2:
             bare.append(time.perf_counter() - t)
     bare_t = statistics.median(bare)
-    return {"points": len(p1), "iterations_timed": len(t_total), "iter_ms": 1000 * total,
-            "nn_ms": 1000 * statistics.median(t_nn), "mlp_forward_ms": 1000 * statistics.median(t_mlp),
-            "backward_step_ms": 1000 * statistics.median(t_back),
-            "nn_share": statistics.median(t_nn) / total,
-            "mlp_share": (statistics.median(t_mlp) + statistics.median(t_back)) / total,
-            "bare_mlp_fwd_bwd_ms": 1000 * bare_t, "iter_over_bare_mlp": total / bare_t}
+    return {
+        "points": len(p1),
+        "iterations_timed": len(t_total),
+        "iter_ms": 1000 * total,
+        "nn_ms": 1000 * statistics.median(t_nn),
+        "mlp_forward_ms": 1000 * statistics.median(t_mlp),
+        "backward_step_ms": 1000 * statistics.median(t_back),
+        "nn_share": statistics.median(t_nn) / total,
+        "mlp_share": (statistics.median(t_mlp) + statistics.median(t_back)) / total,
+        "bare_mlp_fwd_bwd_ms": 1000 * bare_t,
+        "iter_over_bare_mlp": total / bare_t,
+    }
 
 
 def grid_memory(d):
@@ -133,9 +160,15 @@ def grid_memory(d):
     build = time.perf_counter() - t
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"voxel_size": 0.1, "grid_shape": list(dt.shape), "grid_MiB": dt.nbytes / 2**20,
-            "build_peak_MiB": peak / 2**20, "build_estimate_MiB": dt.build_bytes_estimate / 2**20,
-            "build_s": build, "under_1GiB": peak < 2**30}
+    return {
+        "voxel_size": 0.1,
+        "grid_shape": list(dt.shape),
+        "grid_MiB": dt.nbytes / 2**20,
+        "build_peak_MiB": peak / 2**20,
+        "build_estimate_MiB": dt.build_bytes_estimate / 2**20,
+        "build_s": build,
+        "under_1GiB": peak < 2**30,
+    }
 
 
 def main():
@@ -150,60 +183,90 @@ def main():
     if not path.exists():
         print(f"skipped: real AV2 pair not found at {path} (set PRIORLAB_SHARED)")
         return 0
-    caps = ({"2048": 60, "8192": 60, "full": 4, "breakdown": 8} if args.quick else
-            {"2048": 400, "8192": 200, "full": 10, "breakdown": 15})
+    caps = (
+        {"2048": 60, "8192": 60, "full": 4, "breakdown": 8}
+        if args.quick
+        else {"2048": 400, "8192": 200, "full": 10, "breakdown": 15}
+    )
     print(f"iteration caps (both methods; official max is 5000 with early stopping): {caps}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}, load average (1 min): {load:.1f}")
+    print(
+        f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}, load average (1 min): {load:.1f}"
+    )
     d = load_cropped()
     print(f"AV2 pair, non-ground, {CROP}: pc0 {len(d['pc0'])} pts, pc1 {len(d['pc1'])} pts")
 
     # warm-up (first optimiser creation imports torch._dynamo; keep it out of the timings)
     estimate_flow(d["pc0"][:64], d["pc1"][:64], "nsfp", max_iters=2, progress=False)
 
-    results = {"caps": caps, "crop": {k: list(v) if isinstance(v, tuple) else v for k, v in CROP.items()},
-               "n_pc0": len(d["pc0"]), "n_pc1": len(d["pc1"]), "threads": torch.get_num_threads(),
-               "load_average_at_start": load,
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "runs": {}}
+    results = {
+        "caps": caps,
+        "crop": {k: list(v) if isinstance(v, tuple) else v for k, v in CROP.items()},
+        "n_pc0": len(d["pc0"]),
+        "n_pc1": len(d["pc1"]),
+        "threads": torch.get_num_threads(),
+        "load_average_at_start": load,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "runs": {},
+    }
     rows = []
     for label, pts in (("2048", 2048), ("8192", 8192), ("full", None)):
         for method in ("fast", "nsfp"):
             r = run(method, d, pts, caps[label])
             results["runs"][f"{method}@{label}"] = r
             rows.append((label, method, r))
-            print(f"  {method:4s} @ {label:5s}: {r['time_s']:7.1f} s (setup {r['setup_s']:.1f} s), "
-                  f"{r['iterations']:4d} it ({r['stop']}), "
-                  f"{r['ms_per_iter']:7.1f} ms/it, EPE {r['EPE3D']:.4f}", flush=True)
+            print(
+                f"  {method:4s} @ {label:5s}: {r['time_s']:7.1f} s (setup {r['setup_s']:.1f} s), "
+                f"{r['iterations']:4d} it ({r['stop']}), "
+                f"{r['ms_per_iter']:7.1f} ms/it, EPE {r['EPE3D']:.4f}",
+                flush=True,
+            )
     ratios = {}
     for label in ("2048", "8192", "full"):
         f, n = results["runs"][f"fast@{label}"], results["runs"][f"nsfp@{label}"]
-        ratios[label] = {"time_ratio_nsfp_over_fast": n["time_s"] / f["time_s"],
-                         "per_iter_ratio_nsfp_over_fast": n["ms_per_iter"] / f["ms_per_iter"]}
+        ratios[label] = {
+            "time_ratio_nsfp_over_fast": n["time_s"] / f["time_s"],
+            "per_iter_ratio_nsfp_over_fast": n["ms_per_iter"] / f["ms_per_iter"],
+        }
     results["ratios"] = ratios
     results["nsfp_breakdown_8192"] = nsfp_breakdown(d, 8192, caps["breakdown"])
     results["fast_grid_memory"] = grid_memory(d)
 
     print()
-    print(f"{'points':>6} | {'method':6} | {'time s':>7} | {'setup s':>7} | {'iters':>5} | {'ms/iter':>8} | "
-          f"{'EPE3D':>6} | {'Acc5':>5} | {'Acc10':>5} | {'EPE 3way':>8}")
+    print(
+        f"{'points':>6} | {'method':6} | {'time s':>7} | {'setup s':>7} | {'iters':>5} | {'ms/iter':>8} | "
+        f"{'EPE3D':>6} | {'Acc5':>5} | {'Acc10':>5} | {'EPE 3way':>8}"
+    )
     print("-" * 92)
     for label, method, r in rows:
-        print(f"{label:>6} | {method:6} | {r['time_s']:7.1f} | {r['setup_s']:7.1f} | {r['iterations']:5d} | "
-              f"{r['ms_per_iter']:8.1f} | "
-              f"{r['EPE3D']:6.3f} | {r['Acc5']:5.3f} | {r['Acc10']:5.3f} | {r['EPE_3way']:8.3f}")
+        print(
+            f"{label:>6} | {method:6} | {r['time_s']:7.1f} | {r['setup_s']:7.1f} | {r['iterations']:5d} | "
+            f"{r['ms_per_iter']:8.1f} | "
+            f"{r['EPE3D']:6.3f} | {r['Acc5']:5.3f} | {r['Acc10']:5.3f} | {r['EPE_3way']:8.3f}"
+        )
     print()
     for label, r in ratios.items():
-        print(f"NSFP / fast @ {label:>4}: total time x{r['time_ratio_nsfp_over_fast']:.1f}, "
-              f"per iteration x{r['per_iter_ratio_nsfp_over_fast']:.1f}")
+        print(
+            f"NSFP / fast @ {label:>4}: total time x{r['time_ratio_nsfp_over_fast']:.1f}, "
+            f"per iteration x{r['per_iter_ratio_nsfp_over_fast']:.1f}"
+        )
     b = results["nsfp_breakdown_8192"]
-    print(f"NSFP iteration @ {b['points']} pts: {b['iter_ms']:.0f} ms = NN search {100 * b['nn_share']:.0f} % + "
-          f"MLP fwd/bwd/step {100 * b['mlp_share']:.0f} %; vs bare MLP fwd+bwd {b['bare_mlp_fwd_bwd_ms']:.0f} ms "
-          f"(ratio {b['iter_over_bare_mlp']:.2f})")
+    print(
+        f"NSFP iteration @ {b['points']} pts: {b['iter_ms']:.0f} ms = "
+        f"NN search {100 * b['nn_share']:.0f} % + "
+        f"MLP fwd/bwd/step {100 * b['mlp_share']:.0f} %; vs bare MLP fwd+bwd "
+        f"{b['bare_mlp_fwd_bwd_ms']:.0f} ms "
+        f"(ratio {b['iter_over_bare_mlp']:.2f})"
+    )
     g = results["fast_grid_memory"]
-    print(f"FNSF grid @ 0.1 m: {'x'.join(map(str, g['grid_shape']))} voxels, grid {g['grid_MiB']:.0f} MiB, "
-          f"build peak {g['build_peak_MiB']:.0f} MiB (estimate {g['build_estimate_MiB']:.0f} MiB), "
-          f"{g['build_s']:.1f} s")
-    print("NOTE: iteration counts are capped (see above); EPE at the caps is not the converged official number.")
+    print(
+        f"FNSF grid @ 0.1 m: {'x'.join(map(str, g['grid_shape']))} voxels, grid {g['grid_MiB']:.0f} MiB, "
+        f"build peak {g['build_peak_MiB']:.0f} MiB (estimate {g['build_estimate_MiB']:.0f} MiB), "
+        f"{g['build_s']:.1f} s"
+    )
+    print(
+        "NOTE: iteration counts are capped (see above); EPE at the caps is not the converged official number."
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=float))

@@ -19,9 +19,11 @@ def sceneflow_data():
 @pytest.fixture
 def sample(sceneflow_data):
     """``sample("folder/file")`` -> path of a shared sample file; skips when it is missing."""
+
     def get(rel: str) -> Path:
         p = sceneflow_data / rel
         if not p.exists():
             pytest.skip(f"sample file {p} not present in the shared data folder")
         return p
+
     return get

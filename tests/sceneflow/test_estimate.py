@@ -76,7 +76,9 @@ def test_ctrl_c_returns_best_so_far(rigid_pair):
         if it == 15:
             raise KeyboardInterrupt
 
-    res = estimate_flow(pc1, pc2, "nsfp", max_iters=100, progress=False, callback=interrupt_at_15, num_threads=1)
+    res = estimate_flow(
+        pc1, pc2, "nsfp", max_iters=100, progress=False, callback=interrupt_at_15, num_threads=1
+    )
     assert res.interrupted and res.iterations == 16 and res.info["stop_reason"] == "interrupted"
     assert res.final_loss == min(seen) and np.isfinite(res.flow).all()
 
@@ -84,23 +86,38 @@ def test_ctrl_c_returns_best_so_far(rigid_pair):
 def test_early_stopping_and_defaults(rigid_pair):
     pc1, pc2, _ = rigid_pair
     d = defaults("nsfp")
-    assert (d["lr"], d["max_iters"], d["patience"], d["min_delta"], d["weight_decay"]) == (8e-3, 5000, 100, 1e-4, 1e-4)
+    assert (d["lr"], d["max_iters"], d["patience"], d["min_delta"], d["weight_decay"]) == (
+        8e-3,
+        5000,
+        100,
+        1e-4,
+        1e-4,
+    )
     f = defaults("fast")
-    assert (f["optimizer"], f["lr"], f["patience"], f["min_delta"], f["voxel_size"]) == ("sgd", 8e-3, 10, 1e-3, 0.1)
+    assert (f["optimizer"], f["lr"], f["patience"], f["min_delta"], f["voxel_size"]) == (
+        "sgd",
+        8e-3,
+        10,
+        1e-3,
+        0.1,
+    )
     # a huge min_delta: no iteration counts as an improvement -> stops after `patience` more steps
     res = estimate_flow(pc1, pc2, "free", max_iters=100, patience=3, min_delta=1e9, progress=False)
     assert res.iterations == 4 and res.info["stop_reason"] == "early_stopping"
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((0, 3), np.float32), "empty"),
-    (np.zeros((1, 3), np.float32), "only 1 point"),
-    (np.zeros((10, 4), np.float32), r"pc1\[:, :3\]"),
-    (np.zeros((10, 2), np.float32), "3"),
-    (np.zeros((10, 3), np.int32), "float"),
-    (np.array([[0, 0, np.nan], [1, 1, 1]], np.float32), "NaN"),
-    (np.zeros(30, np.float32), "shape"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((0, 3), np.float32), "empty"),
+        (np.zeros((1, 3), np.float32), "only 1 point"),
+        (np.zeros((10, 4), np.float32), r"pc1\[:, :3\]"),
+        (np.zeros((10, 2), np.float32), "3"),
+        (np.zeros((10, 3), np.int32), "float"),
+        (np.array([[0, 0, np.nan], [1, 1, 1]], np.float32), "NaN"),
+        (np.zeros(30, np.float32), "shape"),
+    ],
+)
 def test_bad_clouds(bad, match, rigid_pair):
     with pytest.raises(PriorlabError, match=match):
         estimate_flow(bad, rigid_pair[1], progress=False)

@@ -18,8 +18,11 @@ def _cloud(n=50, seed=0):
 # ------------------------------------------------------------------------------------------ writers
 def write_pcd(path, xyz, inten, mode):
     n = len(xyz)
-    header = ("# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\nFIELDS x y z intensity\nSIZE 4 4 4 4\n"
-              f"TYPE F F F F\nCOUNT 1 1 1 1\nWIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA {mode}\n")
+    header = (
+        "# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\nFIELDS x y z intensity\nSIZE 4 4 4 4\n"
+        f"TYPE F F F F\nCOUNT 1 1 1 1\nWIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS "
+        f"{n}\nDATA {mode}\n"
+    )
     table = np.column_stack([xyz, inten]).astype("<f4")
     with open(path, "wb") as f:
         f.write(header.encode())
@@ -32,9 +35,11 @@ def write_pcd(path, xyz, inten, mode):
 
 def write_ply(path, xyz, inten, fmt):
     n = len(xyz)
-    header = (f"ply\nformat {fmt} 1.0\ncomment made in a test\nelement vertex {n}\nproperty float x\n"
-              "property float y\nproperty float z\nproperty uchar intensity\nelement face 0\n"
-              "property list uchar int vertex_indices\nend_header\n")
+    header = (
+        f"ply\nformat {fmt} 1.0\ncomment made in a test\nelement vertex {n}\nproperty float x\n"
+        "property float y\nproperty float z\nproperty uchar intensity\nelement face 0\n"
+        "property list uchar int vertex_indices\nend_header\n"
+    )
     with open(path, "wb") as f:
         f.write(header.encode())
         if fmt == "ascii":
@@ -68,7 +73,9 @@ def test_npy_and_npz_round_trip(tmp_path):
 
 @pytest.mark.parametrize("ncol", [4, 5])
 def test_bin_columns_detected(tmp_path, ncol):
-    xyz, inten = _cloud(60)  # 60 points: 240 floats (4-col) or 300 floats (5-col) -- both divisible by 4 and 5
+    xyz, inten = _cloud(
+        60
+    )  # 60 points: 240 floats (4-col) or 300 floats (5-col) -- both divisible by 4 and 5
     cols = [xyz, inten[:, None] / (255.0 if ncol == 4 else 1.0)]
     if ncol == 5:
         cols.append((np.arange(60) % 32).astype(np.float32)[:, None])
@@ -124,8 +131,14 @@ def test_feather(tmp_path):
     pd = pytest.importorskip("pandas")
     pytest.importorskip("pyarrow")
     xyz, inten = _cloud()
-    pd.DataFrame({"x": xyz[:, 0].astype(np.float16), "y": xyz[:, 1].astype(np.float16),
-                  "z": xyz[:, 2].astype(np.float16), "intensity": inten.astype(np.uint8)}).to_feather(tmp_path / "s.feather")
+    pd.DataFrame(
+        {
+            "x": xyz[:, 0].astype(np.float16),
+            "y": xyz[:, 1].astype(np.float16),
+            "z": xyz[:, 2].astype(np.float16),
+            "intensity": inten.astype(np.uint8),
+        }
+    ).to_feather(tmp_path / "s.feather")
     out = load_points(tmp_path / "s.feather", columns=4)
     np.testing.assert_allclose(out[:, :3], xyz.astype(np.float16).astype(np.float32))
     pd.DataFrame({"a": [1.0]}).to_feather(tmp_path / "bad.feather")
@@ -203,11 +216,15 @@ def test_flow_round_trip(tmp_path):
 def test_real_format_samples(sample):
     kitti = load_points(sample("format_samples/kitti_object_000008.bin"), columns=4)
     assert kitti.shape == (17238, 4) and kitti[:, 3].max() <= 1.0
-    nus = load_points(sample("format_samples/nuscenes_n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951"
-                             ".pcd.bin"), columns=5)
+    nus = load_points(
+        sample("format_samples/nuscenes_n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"),
+        columns=5,
+    )
     assert nus.shape == (34688, 5) and nus[:, 4].max() <= 31 and np.all(nus[:, 4] == np.round(nus[:, 4]))
-    ply = load_points(sample("format_samples/argoverse1_d60558d2-d1aa-34ee-a902-e061e346e02a__PC_315971347819783000"
-                             ".ply"), columns=5)
+    ply = load_points(
+        sample("format_samples/argoverse1_d60558d2-d1aa-34ee-a902-e061e346e02a__PC_315971347819783000.ply"),
+        columns=5,
+    )
     assert ply.shape == (91083, 5) and ply[:, 4].max() <= 31
     pcd = load_points(sample("fast_gicp_pcd_pair/251370668.pcd"), columns=4)
     assert pcd.shape == (69088, 4)
@@ -226,8 +243,9 @@ def test_real_av2_pair_raw_matches_npz(sample):
     bg = (raw["classes"] == 0) & ~raw["dynamic"]
     np.testing.assert_allclose(raw["flow"][bg], raw["ego_flow"][bg], atol=1e-4)
     # the map ground-height raster reproduces the official ground labels
-    g = ground_mask_from_height_map(raw["pc0"], raw["ground_height"], raw["ground_height_sim2"],
-                                    city_SE3_ego=raw["city_SE3_ego0"])
+    g = ground_mask_from_height_map(
+        raw["pc0"], raw["ground_height"], raw["ground_height_sim2"], city_SE3_ego=raw["city_SE3_ego0"]
+    )
     assert (g == raw["is_ground0"]).mean() > 0.999
 
 

@@ -1,6 +1,5 @@
 """Exact nearest neighbours, truncated Chamfer vs brute force, distance transform vs exact distances."""
 
-
 import numpy as np
 import pytest
 import torch

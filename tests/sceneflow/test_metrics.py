@@ -11,10 +11,14 @@ from priorlab.sceneflow import bucketed_epe, load_av2_pair, scene_flow_metrics, 
 
 def test_scene_flow_metrics_hand_made():
     gt = np.array([[1.0, 0, 0], [1.0, 0, 0], [0.1, 0, 0], [0, 2.0, 0]])
-    pred = np.array([[1.0, 0, 0],      # e = 0                      -> acc5, acc10
-                     [1.08, 0, 0],     # e = .08, rel .08            -> acc10 only
-                     [0.1, 0.06, 0],   # e = .06, rel .6             -> acc10 (abs), outlier (rel)
-                     [0, 2.5, 0]])     # e = .5,  rel .25            -> outlier
+    pred = np.array(
+        [
+            [1.0, 0, 0],  # e = 0                      -> acc5, acc10
+            [1.08, 0, 0],  # e = .08, rel .08            -> acc10 only
+            [0.1, 0.06, 0],  # e = .06, rel .6             -> acc10 (abs), outlier (rel)
+            [0, 2.5, 0],
+        ]
+    )  # e = .5,  rel .25            -> outlier
     m = scene_flow_metrics(pred, gt)
     assert set(m) == {"EPE3D", "Acc5", "Acc10", "Outliers", "angle_error"}
     assert math.isclose(m["EPE3D"], (0 + 0.08 + 0.06 + 0.5) / 4, rel_tol=1e-9)
@@ -69,7 +73,9 @@ def test_threeway_epe_hand_made():
     dynamic = np.array([True, True, False, False, True, False])
     mask = np.array([True, True, True, True, True, False])
     r = threeway_epe(pred, gt, classes, dynamic, mask=mask, return_counts=True)
-    assert math.isclose(r["EPE_FD"], 0.2) and math.isclose(r["EPE_FS"], 0.2) and math.isclose(r["EPE_BS"], 0.4)
+    assert (
+        math.isclose(r["EPE_FD"], 0.2) and math.isclose(r["EPE_FS"], 0.2) and math.isclose(r["EPE_BS"], 0.4)
+    )
     assert math.isclose(r["EPE_3way"], (0.2 + 0.2 + 0.4) / 3)
     assert (r["n_FD"], r["n_FS"], r["n_BS"]) == (2, 1, 1)  # background-dynamic point is not scored
     r2 = threeway_epe(pred, gt, np.zeros(6, int), dynamic)
@@ -84,11 +90,11 @@ def test_bucketed_epe_hand_made():
     # speeds (m/frame): background 0 (static) ; cars 0.5 and 0.5 (same bucket) ; pedestrian 0.1 ; sign ignored
     gt = np.array([[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0.1, 0, 0], [1.0, 0, 0], [0, 0, 0]], float)
     pred = gt.copy()
-    pred[0, 0] += 0.02                    # BACKGROUND static EPE 0.02
-    pred[1, 0] += 0.1                     # CAR bucket: mean EPE (0.1 + 0.3) / 2 = 0.2, mean speed 0.5 -> 0.4
+    pred[0, 0] += 0.02  # BACKGROUND static EPE 0.02
+    pred[1, 0] += 0.1  # CAR bucket: mean EPE (0.1 + 0.3) / 2 = 0.2, mean speed 0.5 -> 0.4
     pred[2, 1] += 0.3
-    pred[3, 0] += 0.05                    # PEDESTRIAN: 0.05 / 0.1 = 0.5
-    pred[4, 0] += 9.0                     # SIGN: not in any meta-category
+    pred[3, 0] += 0.05  # PEDESTRIAN: 0.05 / 0.1 = 0.5
+    pred[4, 0] += 9.0  # SIGN: not in any meta-category
     classes = np.array([0, 19, 19, 17, 21, 19])
     points = np.array([[1, 1, 0]] * 5 + [[40, 0, 0]], float)  # last point outside the 35 m box
     r = bucketed_epe(pred, gt, classes, points=points)

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 
 from priorlab.errors import PriorlabError
-from priorlab.sceneflow import (compensate_ego_motion, crop_range, ground_mask_from_height_map, load_av2_pair,
-                                remove_ground_plane, subsample)
+from priorlab.sceneflow import (
+    compensate_ego_motion,
+    crop_range,
+    ground_mask_from_height_map,
+    load_av2_pair,
+    remove_ground_plane,
+    subsample,
+)
 
 
 def _rot_z(yaw):
@@ -52,7 +58,9 @@ def test_remove_ground_plane_prefers_lowest_supported_plane(tilt):
 
 
 def test_remove_ground_plane_errors():
-    vertical = np.column_stack([np.zeros(100), np.random.default_rng(0).uniform(0, 5, (100, 2))]).astype(np.float32)
+    vertical = np.column_stack([np.zeros(100), np.random.default_rng(0).uniform(0, 5, (100, 2))]).astype(
+        np.float32
+    )
     with pytest.raises(PriorlabError, match="horizontal"):
         remove_ground_plane(vertical)
     with pytest.raises(PriorlabError, match="threshold"):
@@ -67,11 +75,16 @@ def test_ground_mask_from_height_map_synthetic():
     sim2 = {"R": [1, 0, 0, 1], "t": [0.0, 0.0], "s": 1.0}
     T = np.eye(4)
     T[:3, 3] = [2.0, 3.0, 5.0]  # ego origin at city (2, 3, 5)
-    pts = np.array([[0.5, 0.5, 0.1],    # city (2.5, 3.5, 5.1): ground
-                    [0.5, 0.5, 0.5],    # 0.5 above: not ground
-                    [-1.9, -2.9, 0.0],  # city (0.1, 0.1): NaN cell -> not ground
-                    [30.0, 0.0, 0.0],   # off the raster
-                    [-5.0, 0.0, 0.0]], np.float32)  # negative pixel -> off the raster
+    pts = np.array(
+        [
+            [0.5, 0.5, 0.1],  # city (2.5, 3.5, 5.1): ground
+            [0.5, 0.5, 0.5],  # 0.5 above: not ground
+            [-1.9, -2.9, 0.0],  # city (0.1, 0.1): NaN cell -> not ground
+            [30.0, 0.0, 0.0],  # off the raster
+            [-5.0, 0.0, 0.0],
+        ],
+        np.float32,
+    )  # negative pixel -> off the raster
     g = ground_mask_from_height_map(pts, H, sim2, city_SE3_ego=T)
     assert g.tolist() == [True, False, False, False, False]
     A = np.eye(3)

@@ -31,7 +31,11 @@ def _pose4(x, y, yaw):
 
 def test_seeded_and_reproducible():
     small = dict(n_beams=16, azimuth_resolution=1.0)
-    a, b, c = synthetic_pair(seed=3, **small), synthetic_pair(seed=3, **small), synthetic_pair(seed=4, **small)
+    a, b, c = (
+        synthetic_pair(seed=3, **small),
+        synthetic_pair(seed=3, **small),
+        synthetic_pair(seed=4, **small),
+    )
     for k in ("pc0", "pc1", "flow", "classes", "dynamic"):
         np.testing.assert_array_equal(a[k], b[k])
     assert a["pc0"].shape != c["pc0"].shape or not np.array_equal(a["pc0"], c["pc0"])
@@ -115,7 +119,9 @@ def test_flowed_points_lie_on_next_frames_surfaces():
 
 
 def test_analytic_ray_hits():
-    lidar = Lidar(n_beams=1, vertical_fov=(0.0, 1.0), azimuth_resolution=1.0, range_noise=0.0, sensor_height=1.0)
+    lidar = Lidar(
+        n_beams=1, vertical_fov=(0.0, 1.0), azimuth_resolution=1.0, range_noise=0.0, sensor_height=1.0
+    )
     box = Structure(BOX, (2.0, 2.0, 3.0), 10.0, 0.0, 0.0, speed=5.0, object_id=1, category=REGULAR_VEHICLE)
     cyl = Structure(CYLINDER, (1.0, 1.0, 3.0), 0.0, 5.0, 0.0, object_id=2, category=PEDESTRIAN)
     scene = Scene(lidar, [box, cyl], ego_speed=0.0)
@@ -146,8 +152,18 @@ def test_true_trajectories():
         np.testing.assert_allclose(tr[k][st], f0.points[st] @ T[:3, :3].T + T[:3, 3], atol=1e-4)
 
 
-@pytest.mark.parametrize("kw", [dict(n_beams=0), dict(vertical_fov=(5, -5)), dict(max_range=-1), dict(range_noise=-0.1),
-                                dict(dt=0), dict(n_objects=-1), dict(moving_fraction=2)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(n_beams=0),
+        dict(vertical_fov=(5, -5)),
+        dict(max_range=-1),
+        dict(range_noise=-0.1),
+        dict(dt=0),
+        dict(n_objects=-1),
+        dict(moving_fraction=2),
+    ],
+)
 def test_bad_parameters_raise(kw):
     with pytest.raises(PriorlabError):
         make_scene(0, **kw)

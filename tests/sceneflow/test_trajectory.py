@@ -49,8 +49,10 @@ def test_exact_rigid_field_gives_exact_trajectories():
 def _exact_scene_fields(seq):
     """Pair k's exact field, valid at frame 0's transported points (what integration queries)."""
     scene, f0 = seq.scene, seq.frames[0]
-    return [(lambda x, k=k: (scene.transport(x, f0.hit, k * scene.dt, (k + 1) * scene.dt) - x).astype(np.float32))
-            for k in range(len(seq) - 1)]
+    return [
+        (lambda x, k=k: (scene.transport(x, f0.hit, k * scene.dt, (k + 1) * scene.dt) - x).astype(np.float32))
+        for k in range(len(seq) - 1)
+    ]
 
 
 def test_integrating_true_synthetic_fields_reproduces_true_trajectories():
@@ -87,11 +89,16 @@ def test_accumulate_static_scene_with_poses_collapses():
     # every sweep, brought into frame 0, lies on frame 0's surfaces
     assert scene.surface_distance(cloud[:, :3], hits, 0.0).max() < 1e-3
     # the same with exact flow fields instead of poses: forward fields (inverted) and backward fields
-    fwd = [(lambda x, E=f.ego_motion: (x @ E[:3, :3].T + E[:3, 3] - x).astype(np.float32)) for f in seq.frames[:-1]]
+    fwd = [
+        (lambda x, E=f.ego_motion: (x @ E[:3, :3].T + E[:3, 3] - x).astype(np.float32))
+        for f in seq.frames[:-1]
+    ]
     via_fwd = accumulate(seq, fwd, progress=False)
     np.testing.assert_allclose(via_fwd, cloud, atol=1e-3)
-    bwd = [(lambda x, E=np.linalg.inv(f.ego_motion): (x @ E[:3, :3].T + E[:3, 3] - x).astype(np.float32))
-           for f in seq.frames[:-1]]
+    bwd = [
+        (lambda x, E=np.linalg.inv(f.ego_motion): (x @ E[:3, :3].T + E[:3, 3] - x).astype(np.float32))
+        for f in seq.frames[:-1]
+    ]
     via_bwd = accumulate(seq, backward_fields=bwd, progress=False)
     np.testing.assert_allclose(via_bwd, cloud, atol=1e-3)
 

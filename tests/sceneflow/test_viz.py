@@ -6,7 +6,13 @@ import pytest
 from priorlab.errors import PriorlabError
 from priorlab.sceneflow.synthetic import synthetic_sequence
 from priorlab.sceneflow.trajectory import accumulate, to_reference
-from priorlab.sceneflow.viz import flow_colors, plot_accumulated, plot_error_map, plot_flow_bev, plot_trajectories
+from priorlab.sceneflow.viz import (
+    flow_colors,
+    plot_accumulated,
+    plot_error_map,
+    plot_flow_bev,
+    plot_trajectories,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,17 +31,23 @@ def _is_png(path):
 
 def test_flow_and_error_maps(seq, tmp_path):
     p = seq.pair(0)
-    out = plot_flow_bev(p["pc0"], p["flow"], tmp_path / "bev.png", pc1=p["pc1"], ego_motion=p["ego_motion"], title="t")
+    out = plot_flow_bev(
+        p["pc0"], p["flow"], tmp_path / "bev.png", pc1=p["pc1"], ego_motion=p["ego_motion"], title="t"
+    )
     assert _is_png(out)
     assert _is_png(plot_flow_bev(p["pc0"], p["flow"], tmp_path / "sub" / "total.png", max_arrows=0))
-    assert _is_png(plot_flow_bev(p["pc0"], p["flow"], tmp_path / "masked.png", mask=~p["is_ground0"], range_m=20))
+    assert _is_png(
+        plot_flow_bev(p["pc0"], p["flow"], tmp_path / "masked.png", mask=~p["is_ground0"], range_m=20)
+    )
     noisy = p["flow"] + np.random.default_rng(0).normal(0, 0.1, p["flow"].shape).astype(np.float32)
     assert _is_png(plot_error_map(p["pc0"], noisy, p["flow"], tmp_path / "err.png", mask=p["eval_mask"]))
 
 
 def test_trajectories_and_accumulated(seq, tmp_path):
     ref = to_reference(seq.trajectories, seq.poses)
-    assert _is_png(plot_trajectories(ref, tmp_path / "traj.png", true_traj=ref, background=seq.frames[0].points))
+    assert _is_png(
+        plot_trajectories(ref, tmp_path / "traj.png", true_traj=ref, background=seq.frames[0].points)
+    )
     cloud = accumulate(seq, poses=seq.poses, progress=False)
     assert _is_png(plot_accumulated(cloud, tmp_path / "acc.png"))
     assert _is_png(plot_accumulated([cloud, cloud], tmp_path / "acc2.png", titles=["a", "b"], range_m=20))

@@ -6,6 +6,17 @@ from priorlab.data.markov import HMM, Windows, noisy_cycle
 from priorlab.data.modular import ModularData, modular_addition
 from priorlab.data.noise import ASYMMETRIC_MAPPINGS, asymmetric_noise, symmetric_noise
 
-__all__ = ["icl_regression_batch", "ImageData", "IndexedDataset", "load_images", "HMM", "Windows", "noisy_cycle",
-           "ModularData", "modular_addition", "ASYMMETRIC_MAPPINGS", "asymmetric_noise",
-           "symmetric_noise"]
+__all__ = [
+    "icl_regression_batch",
+    "ImageData",
+    "IndexedDataset",
+    "load_images",
+    "HMM",
+    "Windows",
+    "noisy_cycle",
+    "ModularData",
+    "modular_addition",
+    "ASYMMETRIC_MAPPINGS",
+    "asymmetric_noise",
+    "symmetric_noise",
+]

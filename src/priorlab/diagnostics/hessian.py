@@ -137,7 +137,8 @@ class _Curvature:
             raise PriorlabError(f"loss_fn must return a scalar tensor (the batch mean), got {shape}; "
                                 "use reduction='mean'")
         if not torch.isfinite(loss):
-            raise PriorlabError(f"the loss is {float(loss.detach())} on a batch; curvature is undefined there "
+            raise PriorlabError(f"the loss is {float(loss.detach())} on a batch; "
+                                "curvature is undefined there "
                                 "(check the inputs and the model's state)")
         grads = torch.autograd.grad(loss * weight, self.params, create_graph=True, allow_unused=True)
         return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params))

@@ -5,7 +5,8 @@
   anchor i with positives P(i) (other samples / views with the same label) and all other
   samples A(i)::
 
-      l_i = -(T / T_base) * 1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / T) / sum_{a in A(i)} exp(z_i.z_a / T) )
+      l_i = -(T / T_base) * 1/|P(i)| * sum_{p in P(i)}
+            log( exp(z_i.z_p / T) / sum_{a in A(i)} exp(z_i.z_a / T) )
 
   on l2-normalised features, averaged over all anchors (an anchor without positives adds 0, as
   in the official code).

@@ -13,17 +13,48 @@ from priorlab.sceneflow.estimate import METHODS, DegenerateFitWarning, FlowResul
 from priorlab.sceneflow.fast import FAST_DEFAULTS
 from priorlab.sceneflow.io import SUPPORTED_EXTENSIONS, load_av2_pair, load_flow, load_points, save_flow
 from priorlab.sceneflow.losses import DistanceTransform, KDIndex, chamfer_loss, nearest_neighbor
-from priorlab.sceneflow.metrics import (AV2_CATEGORIES, BUCKETED_META_CATEGORIES, bucketed_epe,
-                                        scene_flow_metrics, threeway_epe)
+from priorlab.sceneflow.metrics import (
+    AV2_CATEGORIES,
+    BUCKETED_META_CATEGORIES,
+    bucketed_epe,
+    scene_flow_metrics,
+    threeway_epe,
+)
 from priorlab.sceneflow.nsfp import NSFP_DEFAULTS, FlowMLP
-from priorlab.sceneflow.preprocess import (compensate_ego_motion, crop_range, ground_mask_from_height_map,
-                                           remove_ground_plane, subsample)
+from priorlab.sceneflow.preprocess import (
+    compensate_ego_motion,
+    crop_range,
+    ground_mask_from_height_map,
+    remove_ground_plane,
+    subsample,
+)
 
 __all__ = [
-    "load_points", "load_av2_pair", "save_flow", "load_flow", "SUPPORTED_EXTENSIONS",
-    "crop_range", "remove_ground_plane", "ground_mask_from_height_map", "subsample", "compensate_ego_motion",
-    "nearest_neighbor", "chamfer_loss", "DistanceTransform", "KDIndex",
-    "FlowResult", "estimate_flow", "DegenerateFitWarning",
-    "METHODS", "defaults", "FlowMLP", "NSFP_DEFAULTS", "FAST_DEFAULTS",
-    "scene_flow_metrics", "threeway_epe", "bucketed_epe", "AV2_CATEGORIES", "BUCKETED_META_CATEGORIES",
+    "load_points",
+    "load_av2_pair",
+    "save_flow",
+    "load_flow",
+    "SUPPORTED_EXTENSIONS",
+    "crop_range",
+    "remove_ground_plane",
+    "ground_mask_from_height_map",
+    "subsample",
+    "compensate_ego_motion",
+    "nearest_neighbor",
+    "chamfer_loss",
+    "DistanceTransform",
+    "KDIndex",
+    "FlowResult",
+    "estimate_flow",
+    "DegenerateFitWarning",
+    "METHODS",
+    "defaults",
+    "FlowMLP",
+    "NSFP_DEFAULTS",
+    "FAST_DEFAULTS",
+    "scene_flow_metrics",
+    "threeway_epe",
+    "bucketed_epe",
+    "AV2_CATEGORIES",
+    "BUCKETED_META_CATEGORIES",
 ]

@@ -192,7 +192,9 @@ def _nonneg_float(v, name, strict=False):
     except (TypeError, ValueError):
         raise PriorlabError(f"{name} must be a number, got {v!r}") from None
     if not math.isfinite(x) or x < 0 or (strict and x == 0):
-        raise PriorlabError(f"{name} must be a {'positive' if strict else 'non-negative'} finite number, got {v!r}")
+        raise PriorlabError(
+            f"{name} must be a {'positive' if strict else 'non-negative'} finite number, got {v!r}"
+        )
     return x
 
 
@@ -203,9 +205,12 @@ def _warn_if_coarse(arr: np.ndarray, name: str) -> None:
     top = float(np.abs(arr).max())
     step = float(np.spacing(np.float32(top)))
     if step >= _FLOAT32_COARSE_M:
-        warnings.warn(f"{name} is float32 with coordinates up to {top:.3g} m, where float32 resolves only "
-                      f"{step:.2g} m; pass float64 points (e.g. load_points(path, dtype=np.float64))",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{name} is float32 with coordinates up to {top:.3g} m, where float32 resolves only "
+            f"{step:.2g} m; pass float64 points (e.g. load_points(path, dtype=np.float64))",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _world_field(field, centre: np.ndarray):
@@ -226,21 +231,35 @@ def _world_field(field, centre: np.ndarray):
 
 def _all_truncated(truncate) -> str:
     reach = math.sqrt(truncate)
-    return (f"degenerate fit: at the start every Chamfer term of the data loss is beyond the truncation "
-            f"(squared distance >= truncate={truncate:g} m^2, i.e. {reach:.2f} m), so the loss is 0 "
-            f"with zero gradient and nothing would be fitted; the clouds do not overlap within "
-            f"{reach:.2f} m: put both in the same frame (compensate ego motion first), pass a larger "
-            f"truncate= (m^2) or truncate=None, or use method 'fast' (its loss is not truncated)")
+    return (
+        f"degenerate fit: at the start every Chamfer term of the data loss is beyond the truncation "
+        f"(squared distance >= truncate={truncate:g} m^2, i.e. {reach:.2f} m), so the loss is 0 "
+        f"with zero gradient and nothing would be fitted; the clouds do not overlap within "
+        f"{reach:.2f} m: put both in the same frame (compensate ego motion first), pass a larger "
+        f"truncate= (m^2) or truncate=None, or use method 'fast' (its loss is not truncated)"
+    )
 
 
 def _zero_gradient(optimizer) -> bool:
     return all(p.grad is None or not bool(p.grad.any()) for g in optimizer.param_groups for p in g["params"])
 
 
-def estimate_flow(pc1, pc2, method: str = "nsfp", *, points: int | None = None, seed: int = 0,
-                  max_iters: int | None = None, lr: float | None = None, patience: int | None = None,
-                  min_delta: float | None = None, progress: bool = True, device="cpu", centre: bool = True,
-                  **options) -> FlowResult:
+def estimate_flow(
+    pc1,
+    pc2,
+    method: str = "nsfp",
+    *,
+    points: int | None = None,
+    seed: int = 0,
+    max_iters: int | None = None,
+    lr: float | None = None,
+    patience: int | None = None,
+    min_delta: float | None = None,
+    progress: bool = True,
+    device="cpu",
+    centre: bool = True,
+    **options,
+) -> FlowResult:
     """Estimate scene flow from ``pc1`` (N, 3) to ``pc2`` (M, 3) by run-time optimisation.
 
     ``method``: ``"nsfp"``, ``"fast"`` or ``"free"``. ``points``: fit on that many randomly sampled
@@ -328,7 +347,9 @@ def estimate_flow(pc1, pc2, method: str = "nsfp", *, points: int | None = None, 
         interrupted = False
         stopper = _EarlyStopping(patience, min_delta)
         kept_start = None
-        bar = _progress_bar(total=max_iters, desc=f"scene flow ({method})", disable=None if progress else True)
+        bar = _progress_bar(
+            total=max_iters, desc=f"scene flow ({method})", disable=None if progress else True
+        )
         opt = problem.optimizer
         t_loop = time.perf_counter()
         try:
@@ -343,16 +364,24 @@ def estimate_flow(pc1, pc2, method: str = "nsfp", *, points: int | None = None, 
                     if kept == 0:
                         raise PriorlabError(_all_truncated(opts["truncate"]))
                     if kept is not None and kept < _FEW_KEPT:
-                        warnings.warn(f"nearly degenerate fit: only {100 * kept:.2g} % of the Chamfer terms "
-                                      f"are "
-                                      f"within the truncation at the start; the clouds barely overlap (check "
-                                      f"they are in the same frame)", DegenerateFitWarning, stacklevel=2)
+                        warnings.warn(
+                            f"nearly degenerate fit: only {100 * kept:.2g} % of the Chamfer terms "
+                            f"are "
+                            f"within the truncation at the start; the clouds barely overlap (check "
+                            f"they are in the same frame)",
+                            DegenerateFitWarning,
+                            stacklevel=2,
+                        )
                 elif kept == 0:
                     stop_reason = "degenerate"
-                    warnings.warn(f"degenerate fit: at iteration {it} every Chamfer term of the data loss "
-                                  f"went beyond the truncation (loss 0 means nothing there); stopped and "
-                                  f"returned the "
-                                  f"best earlier iterate ({best_it})", DegenerateFitWarning, stacklevel=2)
+                    warnings.warn(
+                        f"degenerate fit: at iteration {it} every Chamfer term of the data loss "
+                        f"went beyond the truncation (loss 0 means nothing there); stopped and "
+                        f"returned the "
+                        f"best earlier iterate ({best_it})",
+                        DegenerateFitWarning,
+                        stacklevel=2,
+                    )
                     break
                 if value <= best_loss:
                     best_loss = value
@@ -365,10 +394,12 @@ def estimate_flow(pc1, pc2, method: str = "nsfp", *, points: int | None = None, 
                     break
                 loss.backward()
                 if it == 0 and value > 0 and _zero_gradient(opt):
-                    raise PriorlabError(f"degenerate fit: the loss is {value:.4g} at the start but its "
-                                        f"gradient is exactly zero, so nothing would be fitted; check that "
-                                        f"the clouds overlap "
-                                        f"and are in the same frame")
+                    raise PriorlabError(
+                        f"degenerate fit: the loss is {value:.4g} at the start but its "
+                        f"gradient is exactly zero, so nothing would be fitted; check that "
+                        f"the clouds overlap "
+                        f"and are in the same frame"
+                    )
                 opt.step()
                 bar.update(1)
                 if it % 25 == 0:
@@ -396,11 +427,28 @@ def estimate_flow(pc1, pc2, method: str = "nsfp", *, points: int | None = None, 
         else:
             flow = fitted_field(p1)
     t_end = time.perf_counter()
-    info = {"fit_points": (len(idx1), len(idx2)), "fit_indices": idx1, "stop_reason": stop_reason, "device": str(dev),
-            "centre": origin, "kept_share_start": kept_start,
-            "setup_s": t_loop - t_setup, "loop_s": t_eval - t_loop, "eval_s": t_end - t_eval}
+    info = {
+        "fit_points": (len(idx1), len(idx2)),
+        "fit_indices": idx1,
+        "stop_reason": stop_reason,
+        "device": str(dev),
+        "centre": origin,
+        "kept_share_start": kept_start,
+        "setup_s": t_loop - t_setup,
+        "loop_s": t_eval - t_loop,
+        "eval_s": t_end - t_eval,
+    }
     if hasattr(problem, "info"):
         info.update(problem.info())
-    return FlowResult(flow=np.ascontiguousarray(flow, dtype=np.float32), iterations=len(history),
-                      time_s=time.perf_counter() - t_start, final_loss=float(best_loss), method=method,
-                      loss_history=history, field=fld, interrupted=interrupted, best_iteration=best_it, info=info)
+    return FlowResult(
+        flow=np.ascontiguousarray(flow, dtype=np.float32),
+        iterations=len(history),
+        time_s=time.perf_counter() - t_start,
+        final_loss=float(best_loss),
+        method=method,
+        loss_history=history,
+        field=fld,
+        interrupted=interrupted,
+        best_iteration=best_it,
+        info=info,
+    )

@@ -36,9 +36,21 @@ from priorlab.sceneflow.nsfp import FlowMLP, make_field
 
 __all__ = ["FAST_DEFAULTS", "FastProblem"]
 
-FAST_DEFAULTS = dict(lr=8e-3, max_iters=5000, patience=10, min_delta=1e-3, weight_decay=1e-4, momentum=0.0,
-                     optimizer="sgd", hidden=128, layers=8, activation="relu", init="xavier", voxel_size=0.1,
-                     max_grid_bytes=1 << 30)
+FAST_DEFAULTS = dict(
+    lr=8e-3,
+    max_iters=5000,
+    patience=10,
+    min_delta=1e-3,
+    weight_decay=1e-4,
+    momentum=0.0,
+    optimizer="sgd",
+    hidden=128,
+    layers=8,
+    activation="relu",
+    init="xavier",
+    voxel_size=0.1,
+    max_grid_bytes=1 << 30,
+)
 
 
 class FastProblem:
@@ -46,19 +58,28 @@ class FastProblem:
 
     def __init__(self, pc1: torch.Tensor, pc2: torch.Tensor, opts: dict, lr: float, seed: int, device):
         self.pc1 = pc1
-        self.dt = DistanceTransform(pc2, voxel_size=opts["voxel_size"], extra_points=pc1,
-                                    max_bytes=opts["max_grid_bytes"], device=device)
+        self.dt = DistanceTransform(
+            pc2,
+            voxel_size=opts["voxel_size"],
+            extra_points=pc1,
+            max_bytes=opts["max_grid_bytes"],
+            device=device,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = FlowMLP(opts["hidden"], opts["layers"], opts["activation"], opts["init"]).to(device)
         params = list(self.net.parameters())
         name = opts["optimizer"]
         if name == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=opts["momentum"], weight_decay=opts["weight_decay"])
+            self.optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=opts["momentum"], weight_decay=opts["weight_decay"]
+            )
         elif name == "adam":
             self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=opts["weight_decay"])
         else:
-            raise PriorlabError(f"unknown optimizer {name!r} for method 'fast'; use 'sgd' (official) or 'adam'")
+            raise PriorlabError(
+                f"unknown optimizer {name!r} for method 'fast'; use 'sgd' (official) or 'adam'"
+            )
         self.device = device
 
     def loss(self) -> torch.Tensor:
@@ -71,5 +92,8 @@ class FastProblem:
         return make_field(self.net, state, self.device)
 
     def info(self) -> dict:
-        return {"grid_shape": self.dt.shape, "grid_bytes": self.dt.nbytes,
-                "grid_build_bytes_estimate": self.dt.build_bytes_estimate}
+        return {
+            "grid_shape": self.dt.shape,
+            "grid_bytes": self.dt.nbytes,
+            "grid_build_bytes_estimate": self.dt.build_bytes_estimate,
+        }

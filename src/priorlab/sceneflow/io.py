@@ -39,17 +39,38 @@ from pathlib import Path
 import numpy as np
 
 from priorlab.errors import PriorlabError
-from priorlab.sceneflow.formats import (pandas_or_error, read_bin, read_feather, read_las, read_npy, read_npz,
-                                        read_pcd, read_ply)
+from priorlab.sceneflow.formats import (
+    pandas_or_error,
+    read_bin,
+    read_feather,
+    read_las,
+    read_npy,
+    read_npz,
+    read_pcd,
+    read_ply,
+)
 
-__all__ = ["load_points", "load_av2_pair", "save_flow", "load_flow", "SUPPORTED_EXTENSIONS", "sample_data_dir",
-           "av2_sample_pair"]
+__all__ = [
+    "load_points",
+    "load_av2_pair",
+    "save_flow",
+    "load_flow",
+    "SUPPORTED_EXTENSIONS",
+    "sample_data_dir",
+    "av2_sample_pair",
+]
 
 SUPPORTED_EXTENSIONS = (".npy", ".npz", ".bin", ".pcd", ".ply", ".feather", ".las", ".laz")
-_READERS = {".npy": lambda p, o: read_npy(p), ".npz": lambda p, o: read_npz(p, o["key"]),
-            ".bin": lambda p, o: read_bin(p, o["bin_columns"]), ".pcd": lambda p, o: read_pcd(p),
-            ".ply": lambda p, o: read_ply(p), ".feather": lambda p, o: read_feather(p),
-            ".las": lambda p, o: read_las(p), ".laz": lambda p, o: read_las(p)}
+_READERS = {
+    ".npy": lambda p, o: read_npy(p),
+    ".npz": lambda p, o: read_npz(p, o["key"]),
+    ".bin": lambda p, o: read_bin(p, o["bin_columns"]),
+    ".pcd": lambda p, o: read_pcd(p),
+    ".ply": lambda p, o: read_ply(p),
+    ".feather": lambda p, o: read_feather(p),
+    ".las": lambda p, o: read_las(p),
+    ".laz": lambda p, o: read_las(p),
+}
 _FLOAT32_COARSE_M = 0.01  # warn when a float32 result resolves coordinates only this coarsely
 
 
@@ -60,24 +81,32 @@ def _path(path) -> Path:
     try:
         p = Path(path).expanduser()
     except TypeError:
-        raise PriorlabError(f"expected a file path, got {type(path).__name__}; pass a str or pathlib.Path") from None
+        raise PriorlabError(
+            f"expected a file path, got {type(path).__name__}; pass a str or pathlib.Path"
+        ) from None
     if not p.exists():
         raise PriorlabError(f"file not found: {p}; check the path")
     return p
 
 
-def _finish(points: np.ndarray, columns: int, p: Path, drop_invalid: bool, dtype,
-            nan_hint: str) -> np.ndarray:
+def _finish(
+    points: np.ndarray, columns: int, p: Path, drop_invalid: bool, dtype, nan_hint: str
+) -> np.ndarray:
     """Common checks: 2-D, enough columns, non-empty, finite; returns ``dtype`` (N, columns)."""
     if points.ndim != 2:
-        raise PriorlabError(f"{p.name}: expected a 2-D array of points (N, >=3), got shape {points.shape}; "
-                            f"reshape it to (N, 3)")
+        raise PriorlabError(
+            f"{p.name}: expected a 2-D array of points (N, >=3), got shape {points.shape}; "
+            f"reshape it to (N, 3)"
+        )
     if points.shape[1] < 3:
-        raise PriorlabError(f"{p.name}: points have {points.shape[1]} column(s), need at least x, y, z; "
-                            f"save an (N, 3) array")
+        raise PriorlabError(
+            f"{p.name}: points have {points.shape[1]} column(s), need at least x, y, z; save an (N, 3) array"
+        )
     if points.shape[1] < columns:
-        raise PriorlabError(f"{p.name}: asked for columns={columns} but the file has {points.shape[1]}; "
-                            f"use columns<={points.shape[1]}")
+        raise PriorlabError(
+            f"{p.name}: asked for columns={columns} but the file has {points.shape[1]}; "
+            f"use columns<={points.shape[1]}"
+        )
     if points.dtype.kind not in "fiu":
         raise PriorlabError(f"{p.name}: point array has dtype {points.dtype}, not numeric; save float32 xyz")
     pts = np.ascontiguousarray(points[:, :columns], dtype=dtype)
@@ -89,38 +118,60 @@ def _finish(points: np.ndarray, columns: int, p: Path, drop_invalid: bool, dtype
         if drop_invalid:
             pts = pts[finite]
             if len(pts) == 0:
-                raise PriorlabError(f"{p.name}: all {bad} points are NaN/inf; the file carries no usable points")
+                raise PriorlabError(
+                    f"{p.name}: all {bad} points are NaN/inf; the file carries no usable points"
+                )
         else:
             raise PriorlabError(f"{p.name}: {bad} of {len(pts)} points contain NaN/inf; {nan_hint}")
     if dtype == np.float32 and points.dtype not in (np.float32, np.float16):  # the cast may lose precision
         top = float(np.abs(pts[:, :3]).max())
         step = float(np.spacing(np.float32(top)))
         if step >= _FLOAT32_COARSE_M:
-            warnings.warn(f"{p.name}: coordinates reach {top:.3g} m, where float32 resolves only "
-                          f"{step:.2g} m; "
-                          f"load with dtype=np.float64 to keep them", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"{p.name}: coordinates reach {top:.3g} m, where float32 resolves only "
+                f"{step:.2g} m; "
+                f"load with dtype=np.float64 to keep them",
+                UserWarning,
+                stacklevel=3,
+            )
     return pts
 
 
 def _check_columns(columns) -> int:
     if isinstance(columns, bool) or not isinstance(columns, (int, np.integer)) or columns < 3:
-        raise PriorlabError(f"columns must be an integer >= 3 (x, y, z first), got {columns!r}; use columns=3")
+        raise PriorlabError(
+            f"columns must be an integer >= 3 (x, y, z first), got {columns!r}; use columns=3"
+        )
     return int(columns)
 
 
 # --------------------------------------------------------------------------------------------- #
 # public API
 # --------------------------------------------------------------------------------------------- #
-def load_points(path, *, columns: int = 3, bin_columns: int | None = None, key: str | None = None,
-                drop_invalid: bool = False, dtype=np.float32) -> np.ndarray:
+def load_points(
+    path,
+    *,
+    columns: int = 3,
+    bin_columns: int | None = None,
+    key: str | None = None,
+    drop_invalid: bool = False,
+    dtype=np.float32,
+) -> np.ndarray:
     """Load a lidar point cloud as an array of shape ``(N, columns)`` (float32, or ``dtype=np.float64``).
 
     Columns are x, y, z first, then the file's further per-point values in file order (intensity,
     ring, ...). ``bin_columns`` forces the record width of a ``.bin`` file; ``key`` selects the array
     in an ``.npz``; ``drop_invalid=True`` silently drops points with NaN/inf instead of raising.
     """
-    return _load_points(path, columns=columns, bin_columns=bin_columns, key=key, drop_invalid=drop_invalid,
-                        dtype=dtype, nan_hint="pass drop_invalid=True to drop them")
+    return _load_points(
+        path,
+        columns=columns,
+        bin_columns=bin_columns,
+        key=key,
+        drop_invalid=drop_invalid,
+        dtype=dtype,
+        nan_hint="pass drop_invalid=True to drop them",
+    )
 
 
 def _load_points(path, *, columns, bin_columns, key, drop_invalid, dtype, nan_hint) -> np.ndarray:
@@ -131,16 +182,21 @@ def _load_points(path, *, columns, bin_columns, key, drop_invalid, dtype, nan_hi
     dtype = np.dtype(dtype)
     p = _path(path)
     if p.is_dir():
-        raise PriorlabError(f"{p} is a directory; pass a point-cloud file ({', '.join(SUPPORTED_EXTENSIONS)})")
+        raise PriorlabError(
+            f"{p} is a directory; pass a point-cloud file ({', '.join(SUPPORTED_EXTENSIONS)})"
+        )
     ext = p.suffix.lower()
     if ext not in _READERS:
-        raise PriorlabError(f"{p.name}: unknown point-cloud extension {ext or '(none)'!r}; "
-                            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}")
+        raise PriorlabError(
+            f"{p.name}: unknown point-cloud extension {ext or '(none)'!r}; "
+            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
     try:
         arr = np.asarray(_READERS[ext](p, {"key": key, "bin_columns": bin_columns}))
     except OSError as e:
-        raise PriorlabError(f"{p.name}: cannot read the file ({e.strerror or e}); "
-                            f"check its permissions") from None
+        raise PriorlabError(
+            f"{p.name}: cannot read the file ({e.strerror or e}); check its permissions"
+        ) from None
     if arr.ndim == 2 and arr.shape[0] == 0:
         raise PriorlabError(f"{p.name}: the file holds no points; check that the right file was given")
     return _finish(arr, columns, p, drop_invalid, dtype, nan_hint)
@@ -161,7 +217,9 @@ def save_flow(path, flow, **extra) -> Path:
     arrays = {k: np.asarray(v) for k, v in extra.items()}
     for k, v in arrays.items():
         if v.dtype == object:
-            raise PriorlabError(f"extra entry {k!r} is not a plain array; pass numbers or numeric arrays only")
+            raise PriorlabError(
+                f"extra entry {k!r} is not a plain array; pass numbers or numeric arrays only"
+            )
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         np.savez(p, flow=f.astype(np.float32), **arrays)
@@ -179,10 +237,14 @@ def load_flow(path) -> dict:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise PriorlabError(f"{p.name}: unreadable flow file ({e}); write it with save_flow") from None
     if "flow" not in out:
-        raise PriorlabError(f"{p.name}: no 'flow' array (has: {', '.join(out) or 'nothing'}); write it with save_flow")
+        raise PriorlabError(
+            f"{p.name}: no 'flow' array (has: {', '.join(out) or 'nothing'}); write it with save_flow"
+        )
     f = out["flow"]
     if f.ndim != 2 or f.shape[1] != 3:
-        raise PriorlabError(f"{p.name}: 'flow' has shape {f.shape}, expected (N, 3); the file is not a flow file")
+        raise PriorlabError(
+            f"{p.name}: 'flow' has shape {f.shape}, expected (N, 3); the file is not a flow file"
+        )
     return out
 
 
@@ -193,9 +255,13 @@ def _quat_to_R(qw, qx, qy, qz) -> np.ndarray:
     q = np.array([qw, qx, qy, qz], dtype=np.float64)
     q = q / np.linalg.norm(q)
     w, x, y, z = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def _sim2_matrix(d: dict) -> np.ndarray:
@@ -223,8 +289,10 @@ def _load_av2_npz(p: Path) -> dict:
         raise PriorlabError(f"{p.name}: unreadable pair archive ({e}); convert the pair again") from None
     missing = [k for k in ("pc0", "pc1") if k not in out]
     if missing:
-        raise PriorlabError(f"{p.name}: not an AV2 pair archive (missing {', '.join(missing)}); "
-                            f"pass a pair_*.npz or a raw AV2 log directory")
+        raise PriorlabError(
+            f"{p.name}: not an AV2 pair archive (missing {', '.join(missing)}); "
+            f"pass a pair_*.npz or a raw AV2 log directory"
+        )
     for k in ("pc0", "pc1", "flow", "ego_flow"):
         if k in out:
             out[k] = np.ascontiguousarray(out[k][:, :3], dtype=np.float32)
@@ -240,21 +308,32 @@ def _load_av2_raw(log: Path, timestamp_ns) -> dict:
     lidar_dir = log / "sensors" / "lidar"
     sweeps = sorted(lidar_dir.glob("*.feather"), key=lambda q: int(q.stem) if q.stem.isdigit() else -1)
     if len(sweeps) < 2:
-        raise PriorlabError(f"{lidar_dir}: need at least two lidar sweeps (*.feather) for a pair; check the log dir")
+        raise PriorlabError(
+            f"{lidar_dir}: need at least two lidar sweeps (*.feather) for a pair; check the log dir"
+        )
     stamps = [int(q.stem) for q in sweeps]
     if timestamp_ns is None:
         i = 0
     else:
         if int(timestamp_ns) not in stamps[:-1]:
-            raise PriorlabError(f"no sweep {timestamp_ns} with a successor in {lidar_dir}; "
-                                f"use one of {stamps[0]}..{stamps[-2]}")
+            raise PriorlabError(
+                f"no sweep {timestamp_ns} with a successor in {lidar_dir}; "
+                f"use one of {stamps[0]}..{stamps[-2]}"
+            )
         i = stamps.index(int(timestamp_ns))
     t0, t1 = stamps[i], stamps[i + 1]
-    out: dict = {"pc0": load_points(sweeps[i]), "pc1": load_points(sweeps[i + 1]),
-                 "timestamp_ns": np.array([t0, t1], dtype=np.int64)}
+    out: dict = {
+        "pc0": load_points(sweeps[i]),
+        "pc1": load_points(sweeps[i + 1]),
+        "timestamp_ns": np.array([t0, t1], dtype=np.int64),
+    }
     for j, f in ((0, sweeps[i]), (1, sweeps[i + 1])):
         df = pd.read_feather(f)
-        for c, name in (("intensity", "intensity"), ("laser_number", "laser_number"), ("offset_ns", "offset_ns")):
+        for c, name in (
+            ("intensity", "intensity"),
+            ("laser_number", "laser_number"),
+            ("offset_ns", "offset_ns"),
+        ):
             if c in df.columns:
                 out[f"{name}{j}"] = df[c].to_numpy()
 
@@ -286,8 +365,10 @@ def _load_av2_raw(log: Path, timestamp_ns) -> dict:
     if label_file is not None:
         lab = pd.read_feather(label_file)
         if len(lab) != len(out["pc0"]):
-            raise PriorlabError(f"{label_file.name}: {len(lab)} label rows for {len(out['pc0'])} points of sweep {t0}; "
-                                f"labels belong to another sweep")
+            raise PriorlabError(
+                f"{label_file.name}: {len(lab)} label rows for {len(out['pc0'])} points of sweep {t0}; "
+                f"labels belong to another sweep"
+            )
         out["flow"] = lab[["flow_tx_m", "flow_ty_m", "flow_tz_m"]].to_numpy(dtype=np.float32)
         out["classes"] = lab["classes"].to_numpy().astype(np.uint8)
         out["dynamic"] = lab["dynamic"].to_numpy().astype(bool)
@@ -307,12 +388,16 @@ def _load_av2_raw(log: Path, timestamp_ns) -> dict:
         out["ground_height_sim2"] = _sim2_matrix(json.loads(sim[0].read_text()))
         if "is_ground0" not in out and "city_SE3_ego0" in out:
             from priorlab.sceneflow.preprocess import ground_mask_from_height_map
-            out["is_ground0"] = ground_mask_from_height_map(out["pc0"], out["ground_height"], out["ground_height_sim2"],
-                                                            city_SE3_ego=out["city_SE3_ego0"])
+
+            out["is_ground0"] = ground_mask_from_height_map(
+                out["pc0"], out["ground_height"], out["ground_height_sim2"], city_SE3_ego=out["city_SE3_ego0"]
+            )
     if "city_SE3_ego1" in out and "ground_height" in out:
         from priorlab.sceneflow.preprocess import ground_mask_from_height_map
-        out["is_ground1_map"] = ground_mask_from_height_map(out["pc1"], out["ground_height"], out["ground_height_sim2"],
-                                                            city_SE3_ego=out["city_SE3_ego1"])
+
+        out["is_ground1_map"] = ground_mask_from_height_map(
+            out["pc1"], out["ground_height"], out["ground_height_sim2"], city_SE3_ego=out["city_SE3_ego1"]
+        )
     if "is_ground0" in out:
         out["eval_mask"] = _eval_mask(out["pc0"], out["is_ground0"])
     return out
@@ -345,13 +430,19 @@ def load_av2_pair(log_dir_or_npz, *, timestamp_ns: int | None = None) -> dict:
     pairs = sorted(p.glob("pair_*.npz"))
     if len(pairs) == 1:
         return _load_av2_npz(pairs[0])
-    raws = [d for d in (p / "raw").glob("*") if (d / "sensors" / "lidar").is_dir()] if (p / "raw").is_dir() else []
+    raws = (
+        [d for d in (p / "raw").glob("*") if (d / "sensors" / "lidar").is_dir()]
+        if (p / "raw").is_dir()
+        else []
+    )
     if len(raws) == 1 and not pairs:
         return _load_av2_raw(raws[0], timestamp_ns)
     if pairs:
         raise PriorlabError(f"{p} holds {len(pairs)} pair_*.npz files; pass one of them")
-    raise PriorlabError(f"{p}: neither an AV2 log (no sensors/lidar/) nor a pair_*.npz; pass the log directory "
-                        f"or the converted pair file")
+    raise PriorlabError(
+        f"{p}: neither an AV2 log (no sensors/lidar/) nor a pair_*.npz; pass the log directory "
+        f"or the converted pair file"
+    )
 
 
 def sample_data_dir() -> Path:
@@ -371,6 +462,8 @@ def av2_sample_pair() -> Path:
     folder = sample_data_dir() / "av2_api_val_pair"
     found = sorted(folder.glob("pair_*.npz"))
     if not found:
-        raise PriorlabError(f"the real Argoverse 2 sample pair is not in {folder}; set "
-                            "PRIORLAB_SHARED to the folder holding data/sceneflow")
+        raise PriorlabError(
+            f"the real Argoverse 2 sample pair is not in {folder}; set "
+            "PRIORLAB_SHARED to the folder holding data/sceneflow"
+        )
     return found[0]

@@ -32,7 +32,9 @@ def _to_tensor(x, name: str) -> torch.Tensor:
             raise PriorlabError(f"{name} has dtype {arr.dtype}; convert to float, e.g. .astype(np.float32)")
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if t.ndim != 2 or t.shape[1] != 3:
-        raise PriorlabError(f"{name} must have shape (N, 3), got {tuple(t.shape)}; pass xyz only, e.g. pts[:, :3]")
+        raise PriorlabError(
+            f"{name} must have shape (N, 3), got {tuple(t.shape)}; pass xyz only, e.g. pts[:, :3]"
+        )
     if not t.is_floating_point():
         raise PriorlabError(f"{name} has dtype {t.dtype}; convert to float32")
     if t.shape[0] == 0:
@@ -103,9 +105,15 @@ def _truncate(sq: torch.Tensor, truncate):
     return torch.where(sq < truncate, sq, torch.zeros_like(sq))
 
 
-def _chamfer(p: torch.Tensor, q: torch.Tensor, truncate, p_index: KDIndex | None = None,
-             q_index: KDIndex | None = None, method: str = "auto",
-             counts: list | None = None) -> torch.Tensor:
+def _chamfer(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    truncate,
+    p_index: KDIndex | None = None,
+    q_index: KDIndex | None = None,
+    method: str = "auto",
+    counts: list | None = None,
+) -> torch.Tensor:
     """The truncated Chamfer; ``counts`` (a 2-list) accumulates [terms within the truncation, all terms]
     so that callers can tell a fit whose every term is truncated (loss 0, zero gradient) from a good one."""
     if q_index is not None:
@@ -138,7 +146,9 @@ def chamfer_loss(p, q, *, truncate: float | None = 2.0, method: str = "auto") ->
         try:
             truncate = float(truncate)
         except (TypeError, ValueError):
-            raise PriorlabError(f"truncate must be a number (squared metres) or None, got {truncate!r}") from None
+            raise PriorlabError(
+                f"truncate must be a number (squared metres) or None, got {truncate!r}"
+            ) from None
         if not truncate > 0:
             raise PriorlabError(f"truncate must be > 0 (squared metres) or None, got {truncate}")
     pt = _to_tensor(p, "p")
@@ -166,8 +176,9 @@ class DistanceTransform:
     1 GiB) a :class:`PriorlabError` names the grid size and suggests cropping or a coarser voxel.
     """
 
-    def __init__(self, target, *, voxel_size: float = 0.1, extra_points=None, max_bytes: int = 1 << 30,
-                 device="cpu"):
+    def __init__(
+        self, target, *, voxel_size: float = 0.1, extra_points=None, max_bytes: int = 1 << 30, device="cpu"
+    ):
         tgt = _to_tensor(target, "target").detach().cpu().numpy().astype(np.float64)
         try:
             vs = float(voxel_size)
@@ -188,12 +199,14 @@ class DistanceTransform:
         n_vox = math.prod(shape)
         need = n_vox * _BUILD_BYTES_PER_VOXEL
         if need > max_bytes:
-            ext = (hi - lo)
+            ext = hi - lo
             raise PriorlabError(
-                f"distance-transform grid {shape[0]}x{shape[1]}x{shape[2]} ({n_vox / 1e6:.0f}M voxels of {vs:g} m over "
+                f"distance-transform grid {shape[0]}x{shape[1]}x{shape[2]} ({n_vox / 1e6:.0f}M "
+                f"voxels of {vs:g} m over "
                 f"{ext[0]:.0f}x{ext[1]:.0f}x{ext[2]:.0f} m) needs ~{need / 2**30:.1f} GiB, over the "
                 f"{max_bytes / 2**30:.2f} GiB limit; crop the clouds (crop_range with max_range/z_range), "
-                f"use a larger voxel_size, or raise max_grid_bytes")
+                f"use a larger voxel_size, or raise max_grid_bytes"
+            )
         self.voxel_size = vs
         self.origin = origin
         self.shape = shape

@@ -22,13 +22,39 @@ from priorlab.errors import PriorlabError
 
 __all__ = ["scene_flow_metrics", "threeway_epe", "bucketed_epe", "AV2_CATEGORIES", "BUCKETED_META_CATEGORIES"]
 
-#: AV2 ``AnnotationCategories`` in enum order; flow-label class k (1-based) is ``AV2_CATEGORIES[k-1]``, 0 = none.
+#: AV2 ``AnnotationCategories`` in enum order; flow-label class k (1-based) is
+#: ``AV2_CATEGORIES[k-1]``, 0 = none.
 AV2_CATEGORIES = (
-    "ANIMAL", "ARTICULATED_BUS", "BICYCLE", "BICYCLIST", "BOLLARD", "BOX_TRUCK", "BUS", "CONSTRUCTION_BARREL",
-    "CONSTRUCTION_CONE", "DOG", "LARGE_VEHICLE", "MESSAGE_BOARD_TRAILER", "MOBILE_PEDESTRIAN_CROSSING_SIGN",
-    "MOTORCYCLE", "MOTORCYCLIST", "OFFICIAL_SIGNALER", "PEDESTRIAN", "RAILED_VEHICLE", "REGULAR_VEHICLE",
-    "SCHOOL_BUS", "SIGN", "STOP_SIGN", "STROLLER", "TRAFFIC_LIGHT_TRAILER", "TRUCK", "TRUCK_CAB",
-    "VEHICULAR_TRAILER", "WHEELCHAIR", "WHEELED_DEVICE", "WHEELED_RIDER",
+    "ANIMAL",
+    "ARTICULATED_BUS",
+    "BICYCLE",
+    "BICYCLIST",
+    "BOLLARD",
+    "BOX_TRUCK",
+    "BUS",
+    "CONSTRUCTION_BARREL",
+    "CONSTRUCTION_CONE",
+    "DOG",
+    "LARGE_VEHICLE",
+    "MESSAGE_BOARD_TRAILER",
+    "MOBILE_PEDESTRIAN_CROSSING_SIGN",
+    "MOTORCYCLE",
+    "MOTORCYCLIST",
+    "OFFICIAL_SIGNALER",
+    "PEDESTRIAN",
+    "RAILED_VEHICLE",
+    "REGULAR_VEHICLE",
+    "SCHOOL_BUS",
+    "SIGN",
+    "STOP_SIGN",
+    "STROLLER",
+    "TRAFFIC_LIGHT_TRAILER",
+    "TRUCK",
+    "TRUCK_CAB",
+    "VEHICULAR_TRAILER",
+    "WHEELCHAIR",
+    "WHEELED_DEVICE",
+    "WHEELED_RIDER",
 )
 _CAT = {name: i + 1 for i, name in enumerate(AV2_CATEGORIES)}
 
@@ -37,11 +63,25 @@ _CAT = {name: i + 1 for i, name in enumerate(AV2_CATEGORIES)}
 BUCKETED_META_CATEGORIES = {
     "BACKGROUND": (0,),
     "CAR": (_CAT["REGULAR_VEHICLE"],),
-    "OTHER_VEHICLES": tuple(_CAT[k] for k in ("BOX_TRUCK", "LARGE_VEHICLE", "RAILED_VEHICLE", "TRUCK", "TRUCK_CAB",
-                                               "VEHICULAR_TRAILER", "ARTICULATED_BUS", "BUS", "SCHOOL_BUS")),
+    "OTHER_VEHICLES": tuple(
+        _CAT[k]
+        for k in (
+            "BOX_TRUCK",
+            "LARGE_VEHICLE",
+            "RAILED_VEHICLE",
+            "TRUCK",
+            "TRUCK_CAB",
+            "VEHICULAR_TRAILER",
+            "ARTICULATED_BUS",
+            "BUS",
+            "SCHOOL_BUS",
+        )
+    ),
     "PEDESTRIAN": tuple(_CAT[k] for k in ("PEDESTRIAN", "STROLLER", "WHEELCHAIR", "OFFICIAL_SIGNALER")),
-    "WHEELED_VRU": tuple(_CAT[k] for k in ("BICYCLE", "BICYCLIST", "MOTORCYCLE", "MOTORCYCLIST", "WHEELED_DEVICE",
-                                            "WHEELED_RIDER")),
+    "WHEELED_VRU": tuple(
+        _CAT[k]
+        for k in ("BICYCLE", "BICYCLIST", "MOTORCYCLE", "MOTORCYCLIST", "WHEELED_DEVICE", "WHEELED_RIDER")
+    ),
 }
 
 
@@ -119,7 +159,9 @@ def scene_flow_metrics(pred, gt, mask=None, *, angle: str = "nsfp") -> dict:
     elif angle == "av2":
         p4 = np.concatenate([p, np.full((len(p), 1), 0.1)], 1)
         g4 = np.concatenate([g, np.full((len(g), 1), 0.1)], 1)
-        dot = (p4 / np.linalg.norm(p4, axis=1, keepdims=True) * g4 / np.linalg.norm(g4, axis=1, keepdims=True)).sum(1)
+        dot = (
+            p4 / np.linalg.norm(p4, axis=1, keepdims=True) * g4 / np.linalg.norm(g4, axis=1, keepdims=True)
+        ).sum(1)
         out["angle_error"] = float(np.arccos(np.clip(dot, -1.0, 1.0)).mean())
     else:
         raise PriorlabError(f"unknown angle definition {angle!r}; use 'nsfp' or 'av2'")
@@ -159,8 +201,19 @@ def threeway_epe(pred, gt, classes, dynamic, mask=None, *, return_counts: bool =
     return out
 
 
-def bucketed_epe(pred, gt, classes, *, points, ego_flow=None, mask=None, distance_threshold: float = 35.0,
-                 bucket_max_speed: float = 2.0, num_buckets: int = 51, meta_categories=None) -> dict:
+def bucketed_epe(
+    pred,
+    gt,
+    classes,
+    *,
+    points,
+    ego_flow=None,
+    mask=None,
+    distance_threshold: float = 35.0,
+    bucket_max_speed: float = 2.0,
+    num_buckets: int = 51,
+    meta_categories=None,
+) -> dict:
     """Bucket-normalised EPE of the Argoverse 2 2024 scene-flow challenge.
 
     Points are kept when ``mask`` (optional) holds and ``max(|x|, |y|) < distance_threshold`` (35 m
@@ -184,8 +237,10 @@ def bucketed_epe(pred, gt, classes, *, points, ego_flow=None, mask=None, distanc
     n = len(p)
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] < 2 or len(pts) != n:
-        raise PriorlabError(f"points must be the (N, 3) first-sweep points matching the {n} flow vectors, "
-                            f"got shape {pts.shape}")
+        raise PriorlabError(
+            f"points must be the (N, 3) first-sweep points matching the {n} flow vectors, "
+            f"got shape {pts.shape}"
+        )
     cls = _per_point(classes, n, "classes")
     if cls.dtype.kind not in "iu":
         raise PriorlabError(f"classes must be integer AV2 category indices, got dtype {cls.dtype}")
@@ -228,6 +283,7 @@ def bucketed_epe(pred, gt, classes, *, points, ego_flow=None, mask=None, distanc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result["mean_static_EPE"] = float(np.nanmean(statics)) if np.isfinite(statics).any() else float("nan")
-        result["mean_dynamic_normalized_EPE"] = (float(np.nanmean(dynamics)) if np.isfinite(dynamics).any()
-                                                 else float("nan"))
+        result["mean_dynamic_normalized_EPE"] = (
+            float(np.nanmean(dynamics)) if np.isfinite(dynamics).any() else float("nan")
+        )
     return result

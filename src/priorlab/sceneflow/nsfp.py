@@ -57,8 +57,19 @@ from priorlab.sceneflow.losses import KDIndex, _chamfer
 
 __all__ = ["FlowMLP", "NSFP_DEFAULTS", "NSFPProblem", "make_field"]
 
-NSFP_DEFAULTS = dict(lr=8e-3, max_iters=5000, patience=100, min_delta=1e-4, weight_decay=1e-4,
-                     hidden=128, layers=8, activation="relu", backward=True, truncate=2.0, init="torch")
+NSFP_DEFAULTS = dict(
+    lr=8e-3,
+    max_iters=5000,
+    patience=100,
+    min_delta=1e-4,
+    weight_decay=1e-4,
+    hidden=128,
+    layers=8,
+    activation="relu",
+    backward=True,
+    truncate=2.0,
+    init="torch",
+)
 
 
 class FlowMLP(nn.Module):
@@ -76,7 +87,9 @@ class FlowMLP(nn.Module):
         if init not in ("torch", "xavier"):
             raise PriorlabError(f"unknown init {init!r}; use 'torch' or 'xavier'")
         if not isinstance(hidden, int) or hidden < 1 or not isinstance(layers, int) or layers < 1:
-            raise PriorlabError(f"hidden and layers must be positive integers, got hidden={hidden!r}, layers={layers!r}")
+            raise PriorlabError(
+                f"hidden and layers must be positive integers, got hidden={hidden!r}, layers={layers!r}"
+            )
         act = nn.ReLU if activation == "relu" else nn.Sigmoid
         mods = []
         width = 3

@@ -15,8 +15,14 @@ import numpy as np
 
 from priorlab.errors import PriorlabError
 
-__all__ = ["crop_range", "remove_ground_plane", "ground_mask_from_height_map", "subsample",
-           "compensate_ego_motion", "check_points"]
+__all__ = [
+    "crop_range",
+    "remove_ground_plane",
+    "ground_mask_from_height_map",
+    "subsample",
+    "compensate_ego_motion",
+    "check_points",
+]
 
 
 def check_points(points, name: str = "points", *, min_points: int = 1, exact3: bool = False) -> np.ndarray:
@@ -34,7 +40,9 @@ def check_points(points, name: str = "points", *, min_points: int = 1, exact3: b
     if arr.dtype == object:
         raise PriorlabError(f"{name} must be a numeric array of shape (N, 3); got ragged/object data")
     if arr.ndim != 2:
-        raise PriorlabError(f"{name} must have shape (N, 3), got shape {arr.shape}; reshape to one xyz row per point")
+        raise PriorlabError(
+            f"{name} must have shape (N, 3), got shape {arr.shape}; reshape to one xyz row per point"
+        )
     if exact3 and arr.shape[1] != 3:
         if arr.shape[1] > 3:
             raise PriorlabError(f"{name} has {arr.shape[1]} columns; pass only xyz, e.g. {name}[:, :3]")
@@ -48,13 +56,16 @@ def check_points(points, name: str = "points", *, min_points: int = 1, exact3: b
         raise PriorlabError(f"{name} {what}; need at least {min_points} points")
     bad = ~np.isfinite(arr[:, :3]).all(axis=1)
     if bad.any():
-        raise PriorlabError(f"{name} has {int(bad.sum())} point(s) with NaN/inf; drop them, e.g. "
-                            f"{name}[np.isfinite({name}).all(axis=1)]")
+        raise PriorlabError(
+            f"{name} has {int(bad.sum())} point(s) with NaN/inf; drop them, e.g. "
+            f"{name}[np.isfinite({name}).all(axis=1)]"
+        )
     return arr
 
 
-def crop_range(points, max_range: float = 80.0, *, min_range: float = 0.0, z_range=None,
-               planar: bool = False) -> np.ndarray:
+def crop_range(
+    points, max_range: float = 80.0, *, min_range: float = 0.0, z_range=None, planar: bool = False
+) -> np.ndarray:
     """Boolean mask of points with ``min_range <= r <= max_range`` (and ``z_range[0] <= z <= z_range[1]``).
 
     ``r`` is the 3-D Euclidean distance from the sensor origin (as NSFP's Argoverse preprocessing,
@@ -67,7 +78,9 @@ def crop_range(points, max_range: float = 80.0, *, min_range: float = 0.0, z_ran
     except (TypeError, ValueError):
         raise PriorlabError("max_range and min_range must be numbers in metres, e.g. max_range=50") from None
     if not (0 <= min_range < max_range):
-        raise PriorlabError(f"need 0 <= min_range < max_range, got min_range={min_range}, max_range={max_range}")
+        raise PriorlabError(
+            f"need 0 <= min_range < max_range, got min_range={min_range}, max_range={max_range}"
+        )
     xyz = pts[:, :3].astype(np.float64)
     r = np.linalg.norm(xyz[:, :2] if planar else xyz, axis=1)
     mask = (r >= min_range) & (r <= max_range)
@@ -75,7 +88,9 @@ def crop_range(points, max_range: float = 80.0, *, min_range: float = 0.0, z_ran
         try:
             lo, hi = (float(v) for v in z_range)
         except (TypeError, ValueError):
-            raise PriorlabError(f"z_range must be a pair (zmin, zmax), got {z_range!r}; e.g. z_range=(-3, 4)") from None
+            raise PriorlabError(
+                f"z_range must be a pair (zmin, zmax), got {z_range!r}; e.g. z_range=(-3, 4)"
+            ) from None
         if lo > hi:
             raise PriorlabError(f"z_range must be (zmin, zmax) with zmin <= zmax, got {z_range!r}")
         mask &= (xyz[:, 2] >= lo) & (xyz[:, 2] <= hi)
@@ -132,9 +147,16 @@ def _ransac_plane(xyz: np.ndarray, threshold: float, iterations: int, cos_tilt: 
     return n, float(d)
 
 
-def remove_ground_plane(points, *, threshold: float = 0.3, iterations: int = 200, max_tilt_deg: float = 20.0,
-                        sample: int = 20000,
-                        seed: int = 0, return_plane: bool = False):
+def remove_ground_plane(
+    points,
+    *,
+    threshold: float = 0.3,
+    iterations: int = 200,
+    max_tilt_deg: float = 20.0,
+    sample: int = 20000,
+    seed: int = 0,
+    return_plane: bool = False,
+):
     """Boolean mask of NON-ground points from a robust, seeded RANSAC plane fit (z up).
 
     Candidate planes through three random points must have a normal within ``max_tilt_deg`` of +z
@@ -145,7 +167,8 @@ def remove_ground_plane(points, *, threshold: float = 0.3, iterations: int = 200
     least-squares fit to its inliers; points within ``threshold`` of it are ground.
 
     One plane cannot follow hilly roads far out (on the real AV2 pair it agrees with the map's ground
-    labels on 98 % of points, 94 % beyond 50 m). ``return_plane=True`` also returns the global ``(normal, d)`` with ``normal . x + d = 0``.
+    labels on 98 % of points, 94 % beyond 50 m). ``return_plane=True`` also returns the global
+    ``(normal, d)`` with ``normal . x + d = 0``.
     """
     pts = check_points(points, "points", min_points=3)
     if not threshold > 0:
@@ -158,8 +181,10 @@ def remove_ground_plane(points, *, threshold: float = 0.3, iterations: int = 200
     sub = xyz if len(xyz) <= sample else xyz[rng.choice(len(xyz), sample, replace=False)]
     plane = _ransac_plane(sub, threshold, iterations, cos_tilt, rng)
     if plane is None:
-        raise PriorlabError(f"no near-horizontal plane found (max_tilt_deg={max_tilt_deg}); "
-                            f"is z up? raise max_tilt_deg or check the point frame")
+        raise PriorlabError(
+            f"no near-horizontal plane found (max_tilt_deg={max_tilt_deg}); "
+            f"is z up? raise max_tilt_deg or check the point frame"
+        )
     n, d = plane
     non_ground = np.abs(xyz @ n + d) >= threshold
     if return_plane:
@@ -174,14 +199,18 @@ def _as_sim2(sim2) -> np.ndarray:
             t = np.asarray(sim2["t"], dtype=np.float64).reshape(2)
             s = float(sim2["s"])
         except (KeyError, ValueError, TypeError):
-            raise PriorlabError("sim2 dict must have 'R' (4 numbers), 't' (2) and 's' as in AV2 *_Sim2_city.json") from None
+            raise PriorlabError(
+                "sim2 dict must have 'R' (4 numbers), 't' (2) and 's' as in AV2 *_Sim2_city.json"
+            ) from None
         A = np.eye(3)
         A[:2, :2] = s * R
         A[:2, 2] = s * t
         return A
     A = np.asarray(sim2, dtype=np.float64)
     if A.shape != (3, 3) or not np.isfinite(A).all():
-        raise PriorlabError(f"sim2 must be the AV2 Sim(2) dict or a 3x3 city->pixel matrix, got shape {A.shape}")
+        raise PriorlabError(
+            f"sim2 must be the AV2 Sim(2) dict or a 3x3 city->pixel matrix, got shape {A.shape}"
+        )
     return A
 
 
@@ -199,12 +228,16 @@ def _as_pose(pose, name="pose") -> np.ndarray:
         raise PriorlabError(f"{name} last row must be [0, 0, 0, 1], got {T[3].tolist()}")
     R = T[:3, :3]
     if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
-        raise PriorlabError(f"{name} rotation block is not a proper rotation (R R^T != I or det < 0); "
-                            f"pass a rigid SE(3) matrix")
+        raise PriorlabError(
+            f"{name} rotation block is not a proper rotation (R R^T != I or det < 0); "
+            f"pass a rigid SE(3) matrix"
+        )
     return T
 
 
-def ground_mask_from_height_map(points, height_map, sim2, *, city_SE3_ego=None, threshold: float = 0.3) -> np.ndarray:
+def ground_mask_from_height_map(
+    points, height_map, sim2, *, city_SE3_ego=None, threshold: float = 0.3
+) -> np.ndarray:
     """Boolean mask of GROUND points from a map ground-height raster (Argoverse 2 style).
 
     ``points`` are in the ego frame when ``city_SE3_ego`` (4x4) is given, else in the city frame.
@@ -232,7 +265,9 @@ def ground_mask_from_height_map(points, height_map, sim2, *, city_SE3_ego=None, 
         return np.abs(xyz[:, 2] - h) <= threshold
 
 
-def subsample(points, n: int | None, *, method: str = "random", voxel_size: float = 0.1, seed: int = 0) -> np.ndarray:
+def subsample(
+    points, n: int | None, *, method: str = "random", voxel_size: float = 0.1, seed: int = 0
+) -> np.ndarray:
     """Indices (sorted, int64) of a subsample of ``points``.
 
     ``method="random"``: ``n`` indices drawn without replacement (all indices when ``n >= N``).

@@ -89,9 +89,19 @@ class Lidar:
         lo, hi = (float(v) for v in self.vertical_fov)
         checks = [
             (int(self.n_beams) >= 1, f"n_beams must be >= 1, got {self.n_beams}"),
-            (-90 < lo < hi < 90, f"vertical_fov must be (low, high) degrees with -90 < low < high < 90, got {self.vertical_fov}"),
-            (0 < self.azimuth_resolution <= 45, f"azimuth_resolution must be in (0, 45] degrees, got {self.azimuth_resolution}"),
-            (0 <= self.min_range < self.max_range, f"need 0 <= min_range < max_range, got {self.min_range}, {self.max_range}"),
+            (
+                -90 < lo < hi < 90,
+                "vertical_fov must be (low, high) degrees with -90 < low < high < 90, got "
+                f"{self.vertical_fov}",
+            ),
+            (
+                0 < self.azimuth_resolution <= 45,
+                f"azimuth_resolution must be in (0, 45] degrees, got {self.azimuth_resolution}",
+            ),
+            (
+                0 <= self.min_range < self.max_range,
+                f"need 0 <= min_range < max_range, got {self.min_range}, {self.max_range}",
+            ),
             (self.range_noise >= 0, f"range_noise must be >= 0 m, got {self.range_noise}"),
             (self.sensor_height > 0, f"sensor_height must be > 0 m, got {self.sensor_height}"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
@@ -110,7 +120,9 @@ class Lidar:
         elev = np.deg2rad(np.linspace(lo, hi, int(self.n_beams)))
         az = np.linspace(-np.pi, np.pi, self.n_azimuth, endpoint=False)
         ce, se = np.cos(elev)[:, None], np.sin(elev)[:, None]
-        d = np.stack([ce * np.cos(az)[None], ce * np.sin(az)[None], np.broadcast_to(se, (len(elev), len(az)))], -1)
+        d = np.stack(
+            [ce * np.cos(az)[None], ce * np.sin(az)[None], np.broadcast_to(se, (len(elev), len(az)))], -1
+        )
         return d.reshape(-1, 3)
 
 
@@ -218,7 +230,10 @@ class SyntheticSequence:
     def pair(self, k: int = 0) -> dict:
         """Frames k and k+1 as an AV2-style pair dict (see :func:`synthetic_pair`)."""
         if not 0 <= k < len(self.frames) - 1:
-            raise PriorlabError(f"pair index {k} out of range for a {len(self.frames)}-frame sequence; use 0..{len(self.frames) - 2}")
+            raise PriorlabError(
+                f"pair index {k} out of range for a {len(self.frames)}-frame sequence; use "
+                f"0..{len(self.frames) - 2}"
+            )
         return _pair_dict(self.frames[k], self.frames[k + 1])
 
 
@@ -230,8 +245,16 @@ class SyntheticSequence:
 class Scene:
     """A lidar, an ego trajectory and a list of :class:`Structure` (see module docstring)."""
 
-    def __init__(self, lidar: Lidar, structures: list[Structure], *, ego_speed: float = 10.0,
-                 ego_yaw_rate: float = 0.0, dt: float = 0.1, seed: int = 0):
+    def __init__(
+        self,
+        lidar: Lidar,
+        structures: list[Structure],
+        *,
+        ego_speed: float = 10.0,
+        ego_yaw_rate: float = 0.0,
+        dt: float = 0.1,
+        seed: int = 0,
+    ):
         if dt <= 0:
             raise PriorlabError(f"dt must be > 0 s, got {dt}")
         self.lidar = lidar
@@ -244,7 +267,9 @@ class Scene:
         s = self.structures
         self._kind = np.array([o.kind for o in s], dtype=np.int8)
         self._size = np.array([o.size for o in s], dtype=np.float64).reshape(-1, 3)
-        self._init = np.array([[o.x, o.y, o.yaw, o.speed, o.yaw_rate] for o in s], dtype=np.float64).reshape(-1, 5)
+        self._init = np.array([[o.x, o.y, o.yaw, o.speed, o.yaw_rate] for o in s], dtype=np.float64).reshape(
+            -1, 5
+        )
         self._object_id = np.array([o.object_id for o in s], dtype=np.int32)
         self._category = np.array([o.category for o in s], dtype=np.uint8)
 
@@ -384,9 +409,19 @@ class Scene:
         on_obj = hit >= 0
         object_id = np.where(on_obj, self._object_id[safe] if len(self.structures) else 0, 0).astype(np.int32)
         classes = np.where(on_obj, self._category[safe] if len(self.structures) else 0, 0).astype(np.uint8)
-        return Frame(index=int(k), time=t, points=pts, pose=pose0, flow=flow, object_id=object_id,
-                     classes=classes, dynamic=dynamic, is_ground=hit == -1, hit=hit.astype(np.int32),
-                     ego_motion=ego_motion)
+        return Frame(
+            index=int(k),
+            time=t,
+            points=pts,
+            pose=pose0,
+            flow=flow,
+            object_id=object_id,
+            classes=classes,
+            dynamic=dynamic,
+            is_ground=hit == -1,
+            hit=hit.astype(np.int32),
+            ego_motion=ego_motion,
+        )
 
     def frames(self, n: int, *, start: int = 0) -> list[Frame]:
         if int(n) < 1:
@@ -426,7 +461,14 @@ class Scene:
             size = self._size[hit[obj]]
             kind = self._kind[hit[obj]]
             # boxes: distance to the surface of [-l/2,l/2]x[-w/2,w/2]x[0,h]
-            q = np.stack([np.abs(lx) - size[:, 0] / 2, np.abs(ly) - size[:, 1] / 2, np.abs(z - size[:, 2] / 2) - size[:, 2] / 2], -1)
+            q = np.stack(
+                [
+                    np.abs(lx) - size[:, 0] / 2,
+                    np.abs(ly) - size[:, 1] / 2,
+                    np.abs(z - size[:, 2] / 2) - size[:, 2] / 2,
+                ],
+                -1,
+            )
             outside = np.linalg.norm(np.maximum(q, 0), axis=1)
             inside = np.minimum(q.max(1), 0)
             dbox = np.abs(outside + inside)
@@ -444,12 +486,26 @@ class Scene:
 # --------------------------------------------------------------------------------------------
 
 
-def make_scene(seed: int = 0, *, n_objects: int = 12, n_pedestrians: int = 6, moving_fraction: float = 0.75,
-               static_background: bool = True, ego_speed: float = 10.0, ego_yaw_rate: float = 0.0,
-               dt: float = 0.1, n_beams: int = 32, vertical_fov: tuple[float, float] = (-25.0, 3.0),
-               azimuth_resolution: float = 0.35, max_range: float = 60.0, min_range: float = 1.0,
-               range_noise: float = 0.02, sensor_height: float = 1.73, dropout: float = 0.0,
-               object_yaw_rate: float = 0.15) -> Scene:
+def make_scene(
+    seed: int = 0,
+    *,
+    n_objects: int = 12,
+    n_pedestrians: int = 6,
+    moving_fraction: float = 0.75,
+    static_background: bool = True,
+    ego_speed: float = 10.0,
+    ego_yaw_rate: float = 0.0,
+    dt: float = 0.1,
+    n_beams: int = 32,
+    vertical_fov: tuple[float, float] = (-25.0, 3.0),
+    azimuth_resolution: float = 0.35,
+    max_range: float = 60.0,
+    min_range: float = 1.0,
+    range_noise: float = 0.02,
+    sensor_height: float = 1.73,
+    dropout: float = 0.0,
+    object_yaw_rate: float = 0.15,
+) -> Scene:
     """A seeded urban street: ego drives along +x in lane y = 0 at ``ego_speed`` m/s (turning at
     ``ego_yaw_rate`` rad/s); ``n_objects`` cars (boxes ~4.5 x 1.8 x 1.5 m) in four lanes
     (two with the ego, two oncoming) and in parking lanes, ``moving_fraction`` of them driving
@@ -460,14 +516,25 @@ def make_scene(seed: int = 0, *, n_objects: int = 12, n_pedestrians: int = 6, mo
         raise PriorlabError(f"n_objects and n_pedestrians must be >= 0, got {n_objects}, {n_pedestrians}")
     if not 0 <= moving_fraction <= 1:
         raise PriorlabError(f"moving_fraction must be in [0, 1], got {moving_fraction}")
-    lidar = Lidar(n_beams=n_beams, vertical_fov=tuple(vertical_fov), azimuth_resolution=azimuth_resolution,
-                  max_range=max_range, min_range=min_range, range_noise=range_noise,
-                  sensor_height=sensor_height, dropout=dropout)
+    lidar = Lidar(
+        n_beams=n_beams,
+        vertical_fov=tuple(vertical_fov),
+        azimuth_resolution=azimuth_resolution,
+        max_range=max_range,
+        min_range=min_range,
+        range_noise=range_noise,
+        sensor_height=sensor_height,
+        dropout=dropout,
+    )
     rng = np.random.default_rng([int(seed), 104729])
     structures: list[Structure] = []
     # (lane y, heading, base speed)
-    lanes = [(0.0, 0.0, ego_speed), (3.5, 0.0, rng.uniform(6, 13)), (-3.5, np.pi, rng.uniform(6, 13)),
-             (-7.0, np.pi, rng.uniform(6, 13))]
+    lanes = [
+        (0.0, 0.0, ego_speed),
+        (3.5, 0.0, rng.uniform(6, 13)),
+        (-3.5, np.pi, rng.uniform(6, 13)),
+        (-7.0, np.pi, rng.uniform(6, 13)),
+    ]
     parking = [(-10.5, 0.0), (7.0, 0.0)]
     taken: dict[float, list[float]] = {}
 
@@ -499,14 +566,27 @@ def make_scene(seed: int = 0, *, n_objects: int = 12, n_pedestrians: int = 6, mo
             yaw_rate = rng.uniform(-object_yaw_rate, object_yaw_rate) if li else 0.0
             if x is None:
                 continue
-            structures.append(Structure(BOX, size, x, y + rng.uniform(-0.3, 0.3), heading + rng.uniform(-0.05, 0.05),
-                                        speed, yaw_rate, oid, REGULAR_VEHICLE))
+            structures.append(
+                Structure(
+                    BOX,
+                    size,
+                    x,
+                    y + rng.uniform(-0.3, 0.3),
+                    heading + rng.uniform(-0.05, 0.05),
+                    speed,
+                    yaw_rate,
+                    oid,
+                    REGULAR_VEHICLE,
+                )
+            )
         else:
             y, heading = parking[int(rng.integers(len(parking)))]
             x = free_x(y, -40, 45, 6)
             if x is None:
                 continue
-            structures.append(Structure(BOX, size, x, y, heading + rng.uniform(-0.1, 0.1), 0.0, 0.0, oid, REGULAR_VEHICLE))
+            structures.append(
+                Structure(BOX, size, x, y, heading + rng.uniform(-0.1, 0.1), 0.0, 0.0, oid, REGULAR_VEHICLE)
+            )
         oid += 1
     for i in range(n_pedestrians):
         side = 1 if rng.random() < 0.5 else -1
@@ -514,7 +594,10 @@ def make_scene(seed: int = 0, *, n_objects: int = 12, n_pedestrians: int = 6, mo
         x = rng.uniform(-30, 40)
         r, hgt = rng.uniform(0.25, 0.35), rng.uniform(1.55, 1.9)
         if rng.random() < 0.8:
-            speed, heading = rng.uniform(1.0, 1.8), (0.0 if rng.random() < 0.5 else np.pi) + rng.uniform(-0.2, 0.2)
+            speed, heading = (
+                rng.uniform(1.0, 1.8),
+                (0.0 if rng.random() < 0.5 else np.pi) + rng.uniform(-0.2, 0.2),
+            )
         else:
             speed, heading = 0.0, 0.0
         structures.append(Structure(CYLINDER, (r, r, hgt), x, y, heading, speed, 0.0, oid, PEDESTRIAN))
@@ -526,11 +609,20 @@ def make_scene(seed: int = 0, *, n_objects: int = 12, n_pedestrians: int = 6, mo
                 length = rng.uniform(8, 25)
                 depth = rng.uniform(8, 15)
                 if rng.random() < 0.8:
-                    structures.append(Structure(BOX, (length, depth, rng.uniform(5, 15)), x + length / 2,
-                                                side * (16.0 + depth / 2 + rng.uniform(0, 2)), rng.uniform(-0.03, 0.03)))
+                    structures.append(
+                        Structure(
+                            BOX,
+                            (length, depth, rng.uniform(5, 15)),
+                            x + length / 2,
+                            side * (16.0 + depth / 2 + rng.uniform(0, 2)),
+                            rng.uniform(-0.03, 0.03),
+                        )
+                    )
                 x += length + rng.uniform(1, 6)
             for px in np.arange(-50, 60, rng.uniform(12, 18)):
-                structures.append(Structure(CYLINDER, (0.15, 0.15, rng.uniform(4, 7)), px + rng.uniform(-2, 2), side * 9.3))
+                structures.append(
+                    Structure(CYLINDER, (0.15, 0.15, rng.uniform(4, 7)), px + rng.uniform(-2, 2), side * 9.3)
+                )
     return Scene(lidar, structures, ego_speed=ego_speed, ego_yaw_rate=ego_yaw_rate, dt=dt, seed=seed)
 
 
@@ -543,10 +635,19 @@ def synthetic_sequence(n_frames: int, *, seed: int = 0, start: int = 0, **params
 def _pair_dict(f0: Frame, f1: Frame) -> dict:
     pc0 = f0.points
     return dict(
-        pc0=pc0, pc1=f1.points, flow=f0.flow, classes=f0.classes, dynamic=f0.dynamic,
-        ego_motion=f0.ego_motion.astype(np.float32), is_ground0=f0.is_ground, is_ground1=f1.is_ground,
+        pc0=pc0,
+        pc1=f1.points,
+        flow=f0.flow,
+        classes=f0.classes,
+        dynamic=f0.dynamic,
+        ego_motion=f0.ego_motion.astype(np.float32),
+        is_ground0=f0.is_ground,
+        is_ground1=f1.is_ground,
         eval_mask=(np.abs(pc0[:, 0]) <= 50) & (np.abs(pc0[:, 1]) <= 50) & ~f0.is_ground,
-        object_id0=f0.object_id, object_id1=f1.object_id, pose0=f0.pose, pose1=f1.pose,
+        object_id0=f0.object_id,
+        object_id1=f1.object_id,
+        pose0=f0.pose,
+        pose1=f1.pose,
     )
 
 

@@ -19,7 +19,8 @@ Conventions (the same as the data: AV2 flow includes ego motion)
 Example::
 
     from priorlab.sceneflow.synthetic import synthetic_sequence
-    from priorlab.sceneflow.trajectory import make_estimator, integrate_trajectories, trajectory_endpoint_error
+    from priorlab.sceneflow.trajectory import (make_estimator, integrate_trajectories,
+                                               trajectory_endpoint_error)
     seq = synthetic_sequence(4, seed=0)
     est = make_estimator("nsfp", points=4096, max_iters=300, remove_ground=True)
     traj = integrate_trajectories(seq.clouds, est, poses=seq.poses)
@@ -87,7 +88,9 @@ def as_poses(poses, n: int) -> np.ndarray:
     if P.ndim == 2 and P.shape[1] == 12:
         P = P.reshape(-1, 3, 4)
     if P.ndim != 3 or P.shape[1:] not in ((4, 4), (3, 4)):
-        raise PriorlabError(f"poses have shape {P.shape}; expected (T,4,4), (T,3,4) or (T,12) frame->world matrices")
+        raise PriorlabError(
+            f"poses have shape {P.shape}; expected (T,4,4), (T,3,4) or (T,12) frame->world matrices"
+        )
     if P.shape[1] == 3:
         P = np.concatenate([P, np.broadcast_to([[[0, 0, 0, 1.0]]], (len(P), 1, 4))], 1)
     if len(P) != n:
@@ -105,18 +108,24 @@ def _check_rigid(P: np.ndarray) -> None:
     """Every pose must be rigid: rotation block orthonormal with det +1, bottom row 0 0 0 1."""
     for k, T in enumerate(P):
         if np.abs(T[3] - [0, 0, 0, 1]).max() > _RIGID_TOL:
-            raise PriorlabError(f"pose {k} has bottom row {T[3].tolist()}, not [0, 0, 0, 1]; give rigid "
-                                f"frame->world transforms")
+            raise PriorlabError(
+                f"pose {k} has bottom row {T[3].tolist()}, not [0, 0, 0, 1]; give rigid "
+                f"frame->world transforms"
+            )
         R = T[:3, :3]
         err = float(np.abs(R.T @ R - np.eye(3)).max())
         if err > _RIGID_TOL:
             why = "singular" if abs(np.linalg.det(R)) < 1e-9 else "scaled or sheared"
-            raise PriorlabError(f"pose {k} is not rigid: its rotation block is {why} (max |R^T R - I| = "
-                                f"{err:.3g}, tolerance {_RIGID_TOL:g}); give rotation + translation poses "
-                                f"(orthonormal R)")
+            raise PriorlabError(
+                f"pose {k} is not rigid: its rotation block is {why} (max |R^T R - I| = "
+                f"{err:.3g}, tolerance {_RIGID_TOL:g}); give rotation + translation poses "
+                f"(orthonormal R)"
+            )
         if np.linalg.det(R) < 0:
-            raise PriorlabError(f"pose {k} is a reflection (det R = -1), not a rotation; check the axis "
-                                f"convention of the pose file")
+            raise PriorlabError(
+                f"pose {k} is a reflection (det R = -1), not a rotation; check the axis "
+                f"convention of the pose file"
+            )
 
 
 def transform(points: np.ndarray, T: np.ndarray) -> np.ndarray:
@@ -158,7 +167,9 @@ class FittedField:
             anchors = np.asarray(anchors, dtype=np.float64)
             flow = _as_numpy(flow)
             if anchors is None or len(anchors) != len(flow) or len(flow) == 0:
-                raise PriorlabError("a flow array needs its points: give the cloud it was estimated for (same length)")
+                raise PriorlabError(
+                    "a flow array needs its points: give the cloud it was estimated for (same length)"
+                )
             self._tree, self._flow = cKDTree(anchors), flow
 
     def __call__(self, points) -> np.ndarray:
@@ -166,7 +177,9 @@ class FittedField:
         if len(p) == 0:
             return np.zeros((0, 3), np.float32)
         if self.fn is not None:
-            return np.concatenate([_as_numpy(self.fn(p[i:i + self.chunk])) for i in range(0, len(p), self.chunk)])
+            return np.concatenate(
+                [_as_numpy(self.fn(p[i : i + self.chunk])) for i in range(0, len(p), self.chunk)]
+            )
         k = min(self.k, len(self._flow))
         d, idx = self._tree.query(p, k=k)
         if k == 1:
@@ -186,7 +199,9 @@ def field_from_result(result, points=None, *, k: int = 3) -> FittedField:
         if fn is not None:
             return FittedField(fn, result=result)
         if points is None:
-            raise PriorlabError("this FlowResult has no field (method 'free'); pass the points it was estimated on")
+            raise PriorlabError(
+                "this FlowResult has no field (method 'free'); pass the points it was estimated on"
+            )
         return FittedField(anchors=points, flow=result.flow, k=k, result=result)
     if callable(result):
         return FittedField(result)
@@ -195,10 +210,20 @@ def field_from_result(result, points=None, *, k: int = 3) -> FittedField:
     return FittedField(anchors=points, flow=result, k=k)
 
 
-def make_estimator(method: str = "nsfp", *, points: int | None = None, seed: int = 0, max_iters: int | None = None,
-                   max_range: float | None = None, remove_ground: bool = False, ground_threshold: float = 0.3,
-                   progress: bool = True, device: str = "cpu", results: list | None = None,
-                   **options) -> Callable[[np.ndarray, np.ndarray], FittedField]:
+def make_estimator(
+    method: str = "nsfp",
+    *,
+    points: int | None = None,
+    seed: int = 0,
+    max_iters: int | None = None,
+    max_range: float | None = None,
+    remove_ground: bool = False,
+    ground_threshold: float = 0.3,
+    progress: bool = True,
+    device: str = "cpu",
+    results: list | None = None,
+    **options,
+) -> Callable[[np.ndarray, np.ndarray], FittedField]:
     """An ``estimator(pc_a, pc_b) -> FittedField`` around :func:`estimate_flow`.
 
     The flow is *fitted* on the filtered clouds (``max_range`` crop, ground removed with
@@ -209,12 +234,26 @@ def make_estimator(method: str = "nsfp", *, points: int | None = None, seed: int
 
     def estimator(pc_a, pc_b) -> FittedField:
         a, b = _xyz(pc_a), _xyz(pc_b)
-        ma, mb = fit_mask(a, max_range, remove_ground, ground_threshold), fit_mask(b, max_range, remove_ground, ground_threshold)
+        ma, mb = (
+            fit_mask(a, max_range, remove_ground, ground_threshold),
+            fit_mask(b, max_range, remove_ground, ground_threshold),
+        )
         if ma.sum() < 3 or mb.sum() < 3:
-            raise PriorlabError(f"only {int(ma.sum())}/{int(mb.sum())} points left after range crop / ground removal; "
-                                "loosen --max-range or drop --remove-ground")
-        res = estimate_flow(a[ma], b[mb], method=method, points=points, seed=seed, max_iters=max_iters,
-                            progress=progress, device=device, **options)
+            raise PriorlabError(
+                f"only {int(ma.sum())}/{int(mb.sum())} points left after range crop / ground removal; "
+                "loosen --max-range or drop --remove-ground"
+            )
+        res = estimate_flow(
+            a[ma],
+            b[mb],
+            method=method,
+            points=points,
+            seed=seed,
+            max_iters=max_iters,
+            progress=progress,
+            device=device,
+            **options,
+        )
         if results is not None:
             results.append(res)
         return field_from_result(res, a[ma])
@@ -223,7 +262,9 @@ def make_estimator(method: str = "nsfp", *, points: int | None = None, seed: int
     return estimator
 
 
-def fit_mask(p, max_range: float | None = None, remove_ground: bool = False, threshold: float = 0.3) -> np.ndarray:
+def fit_mask(
+    p, max_range: float | None = None, remove_ground: bool = False, threshold: float = 0.3
+) -> np.ndarray:
     """Points a fit uses: within ``max_range`` m (3-D) and, with ``remove_ground``, off the RANSAC
     ground plane (``threshold`` m)."""
     m = np.ones(len(p), bool)
@@ -250,7 +291,9 @@ def _fields(fields, clouds, *, backward=False, quiet=None, desc="estimating flow
         return out
     fields = list(fields)
     if len(fields) != n:
-        raise PriorlabError(f"got {len(fields)} flow fields for {len(clouds)} frames; need one per consecutive pair ({n})")
+        raise PriorlabError(
+            f"got {len(fields)} flow fields for {len(clouds)} frames; need one per consecutive pair ({n})"
+        )
     return [field_from_result(f, clouds[k + 1] if backward else clouds[k]) for k, f in enumerate(fields)]
 
 
@@ -259,8 +302,16 @@ def _fields(fields, clouds, *, backward=False, quiet=None, desc="estimating flow
 # --------------------------------------------------------------------------------------------
 
 
-def integrate_trajectories(frames, fields, *, start: np.ndarray | None = None, poses=None,
-                           reference: bool = False, return_fields: bool = False, progress: bool = True):
+def integrate_trajectories(
+    frames,
+    fields,
+    *,
+    start: np.ndarray | None = None,
+    poses=None,
+    reference: bool = False,
+    return_fields: bool = False,
+    progress: bool = True,
+):
     """Move ``start`` (default: frame 0's points) through the sequence.
 
     ``fields``: a list of T-1 forward fields (pair k -> k+1) or an estimator ``(pc_a, pc_b)``;
@@ -323,8 +374,16 @@ def invert_field(field, points: np.ndarray, *, iters: int = 20, tol: float = 1e-
 # --------------------------------------------------------------------------------------------
 
 
-def accumulate(frames, fields=None, *, poses=None, backward_fields=None, rigid=None, inverse_iters: int = 20,
-               progress: bool = True) -> np.ndarray:
+def accumulate(
+    frames,
+    fields=None,
+    *,
+    poses=None,
+    backward_fields=None,
+    rigid=None,
+    inverse_iters: int = 20,
+    progress: bool = True,
+) -> np.ndarray:
     """Bring every sweep into frame 0's coordinates and stack them: (M,4) float32 with columns
     x, y, z, frame index.
 
@@ -344,7 +403,9 @@ def accumulate(frames, fields=None, *, poses=None, backward_fields=None, rigid=N
     if fields is not None and backward_fields is not None:
         raise PriorlabError("give either fields (forward or an estimator) or backward_fields, not both")
     if fields is None and backward_fields is None and poses is None:
-        raise PriorlabError("nothing to align the frames with: give poses and/or flow fields (or an estimator)")
+        raise PriorlabError(
+            "nothing to align the frames with: give poses and/or flow fields (or an estimator)"
+        )
     rel = as_poses(poses, T) if poses is not None else None
     work = [transform(c, rel[k]) for k, c in enumerate(clouds)] if rel is not None else clouds
     if rigid is not None:
@@ -353,7 +414,10 @@ def accumulate(frames, fields=None, *, poses=None, backward_fields=None, rigid=N
         rigid = list(rigid)
         if len(rigid) != T:
             raise PriorlabError(f"got {len(rigid)} rigid masks for {T} frames; give one per frame (or None)")
-        rigid = [np.zeros(len(c), bool) if r is None else np.asarray(r, bool).reshape(-1) for r, c in zip(rigid, clouds)]
+        rigid = [
+            np.zeros(len(c), bool) if r is None else np.asarray(r, bool).reshape(-1)
+            for r, c in zip(rigid, clouds)
+        ]
         for k, (r, c) in enumerate(zip(rigid, clouds)):
             if len(r) != len(c):
                 raise PriorlabError(f"rigid mask {k} has {len(r)} entries for {len(c)} points")

@@ -33,7 +33,9 @@ def _xyz(a, name, n=None) -> np.ndarray:
     if a.ndim != 2 or a.shape[1] < 3:
         raise PriorlabError(f"{name} has shape {a.shape}; expected (N,3)")
     if n is not None and len(a) != n:
-        raise PriorlabError(f"{name} has {len(a)} rows but the cloud has {n} points; they must match one to one")
+        raise PriorlabError(
+            f"{name} has {len(a)} rows but the cloud has {n} points; they must match one to one"
+        )
     return a[:, :3]
 
 
@@ -105,16 +107,31 @@ def _colour_wheel(fig, ax, scale, unit="m"):
     ins.text(0, -1.3, f"rim = {scale:.2g} {unit}", ha="center", va="center", fontsize=7)
 
 
-def plot_flow_bev(pc0, flow, path, *, pc1=None, ego_motion=None, mask=None, range_m: float = 40.0, center=(0.0, 0.0),
-                  scale: float | None = None, max_arrows: int = 250, min_arrow: float = 0.1,
-                  max_points: int = 150_000, title: str | None = None, point_size: float = 1.5,
-                  label: str | None = None) -> Path:
+def plot_flow_bev(
+    pc0,
+    flow,
+    path,
+    *,
+    pc1=None,
+    ego_motion=None,
+    mask=None,
+    range_m: float = 40.0,
+    center=(0.0, 0.0),
+    scale: float | None = None,
+    max_arrows: int = 250,
+    min_arrow: float = 0.1,
+    max_points: int = 150_000,
+    title: str | None = None,
+    point_size: float = 1.5,
+    label: str | None = None,
+) -> Path:
     """BEV of ``pc0`` coloured by ``flow``; grey dots = ``pc1`` if given.
 
     With ``ego_motion`` (4x4, frame 0 -> frame 1, e.g. the AV2 pair's), the rigid ego flow is
     subtracted so colours and arrows show how things move in the world; otherwise the total
     flow (ego motion included) is shown. ``mask`` picks the points to colour (e.g. the non-ground
-    points the flow was fitted on); the others are drawn pale grey, without arrows. ``scale`` (m) is the magnitude at full saturation
+    points the flow was fitted on); the others are drawn pale grey, without arrows. ``scale`` (m)
+    is the magnitude at full saturation
     (default: 98th percentile). Up to ``max_arrows`` arrows (exaggerated by the factor shown in
     the legend) are drawn on points moving more than ``min_arrow`` m. ``label`` replaces the
     automatic description of what the flow is (e.g. "residual flow after ICP")."""
@@ -142,7 +159,9 @@ def plot_flow_bev(pc0, flow, path, *, pc1=None, ego_motion=None, mask=None, rang
     if pc1 is not None:
         q = _xyz(pc1, "pc1")
         qi = _limit(np.flatnonzero(_in_view(q, range_m, center)), max_points, 1)
-        ax.scatter(q[qi, 0], q[qi, 1], s=point_size * 0.5, c="0.75", lw=0, rasterized=True, zorder=1, label="pc1")
+        ax.scatter(
+            q[qi, 0], q[qi, 1], s=point_size * 0.5, c="0.75", lw=0, rasterized=True, zorder=1, label="pc1"
+        )
     if mask is not None:
         oi = _limit(np.flatnonzero(inview & ~sel), max_points, 3)
         ax.scatter(p[oi, 0], p[oi, 1], s=point_size * 0.5, c="0.88", lw=0, rasterized=True, zorder=1)
@@ -155,8 +174,20 @@ def plot_flow_bev(pc0, flow, path, *, pc1=None, ego_motion=None, mask=None, rang
     if len(cand) and max_arrows > 0:
         cand = _limit(_spread(p[cand], cand, cell=2.0), max_arrows, 2)
         gain = max(1.0, round(0.06 * range_m / max(mag[cand].max(), 1e-6)))
-        ax.quiver(p[cand, 0], p[cand, 1], f[cand, 0], f[cand, 1], angles="xy", scale_units="xy", scale=1.0 / gain,
-                  width=0.0022, headwidth=4, color="black", alpha=0.75, zorder=3)
+        ax.quiver(
+            p[cand, 0],
+            p[cand, 1],
+            f[cand, 0],
+            f[cand, 1],
+            angles="xy",
+            scale_units="xy",
+            scale=1.0 / gain,
+            width=0.0022,
+            headwidth=4,
+            color="black",
+            alpha=0.75,
+            zorder=3,
+        )
     _sensor(ax, (0.0, 0.0))
     _bev_axes(ax, range_m, center)
     moving = int((mag[view] >= min_arrow).sum())
@@ -177,8 +208,20 @@ def _spread(p, idx, cell):
     return idx[np.sort(first)]
 
 
-def plot_error_map(pc0, pred, gt, path, *, mask=None, range_m: float = 40.0, center=(0.0, 0.0), vmax: float = 0.3,
-                   max_points: int = 150_000, title: str | None = None, point_size: float = 2.0) -> Path:
+def plot_error_map(
+    pc0,
+    pred,
+    gt,
+    path,
+    *,
+    mask=None,
+    range_m: float = 40.0,
+    center=(0.0, 0.0),
+    vmax: float = 0.3,
+    max_points: int = 150_000,
+    title: str | None = None,
+    point_size: float = 2.0,
+) -> Path:
     """BEV of per-point end-point error |pred - gt| (m), colour bar clipped at ``vmax`` (default
     0.3 m, the outlier threshold). ``mask`` picks the evaluated points; others are drawn light
     grey. The title gives mean EPE over the evaluated points."""
@@ -195,8 +238,18 @@ def plot_error_map(pc0, pred, gt, path, *, mask=None, range_m: float = 40.0, cen
     ax.scatter(p[other, 0], p[other, 1], s=point_size * 0.5, c="0.85", lw=0, rasterized=True, zorder=1)
     idx = _limit(np.flatnonzero(view & m), max_points)
     idx = idx[np.argsort(e[idx])]
-    sc = ax.scatter(p[idx, 0], p[idx, 1], s=point_size, c=np.minimum(e[idx], vmax), cmap="plasma", vmin=0, vmax=vmax,
-                    lw=0, rasterized=True, zorder=2)
+    sc = ax.scatter(
+        p[idx, 0],
+        p[idx, 1],
+        s=point_size,
+        c=np.minimum(e[idx], vmax),
+        cmap="plasma",
+        vmin=0,
+        vmax=vmax,
+        lw=0,
+        rasterized=True,
+        zorder=2,
+    )
     cb = fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.03, extend="max")
     cb.set_label("end-point error (m)")
     _sensor(ax)
@@ -210,8 +263,19 @@ def plot_error_map(pc0, pred, gt, path, *, mask=None, range_m: float = 40.0, cen
     return _save(fig, path)
 
 
-def plot_trajectories(traj, path, *, true_traj=None, background=None, range_m: float = 40.0, center=(0.0, 0.0),
-                      max_tracks: int = 400, min_motion: float = 0.3, title: str | None = None, seed: int = 0) -> Path:
+def plot_trajectories(
+    traj,
+    path,
+    *,
+    true_traj=None,
+    background=None,
+    range_m: float = 40.0,
+    center=(0.0, 0.0),
+    max_tracks: int = 400,
+    min_motion: float = 0.3,
+    title: str | None = None,
+    seed: int = 0,
+) -> Path:
     """BEV of trajectories (T,N,3), all in one coordinate frame (use
     :func:`~priorlab.sceneflow.trajectory.to_reference` first when they are in each frame's own
     coordinates). Draws up to ``max_tracks`` tracks, preferring points that move more than
@@ -224,7 +288,9 @@ def plot_trajectories(traj, path, *, true_traj=None, background=None, range_m: f
     if true_traj is not None:
         gt = np.asarray(true_traj, dtype=np.float64)
         if gt.shape != tr.shape:
-            raise PriorlabError(f"true trajectories have shape {gt.shape}, predicted {tr.shape}; they must match")
+            raise PriorlabError(
+                f"true trajectories have shape {gt.shape}, predicted {tr.shape}; they must match"
+            )
     T = len(tr)
     ref = gt if gt is not None else tr
     motion = np.linalg.norm(ref[-1, :, :2] - ref[0, :, :2], axis=1)
@@ -239,8 +305,16 @@ def plot_trajectories(traj, path, *, true_traj=None, background=None, range_m: f
         bi = _limit(np.flatnonzero(_in_view(b, range_m, center)), 150_000, 1)
         ax.scatter(b[bi, 0], b[bi, 1], s=0.6, c="0.78", lw=0, rasterized=True, zorder=1)
     if gt is not None and len(chosen):
-        ax.add_collection(LineCollection(gt[:, chosen, :2].transpose(1, 0, 2), colors="black", linewidths=0.9,
-                                         linestyles=(0, (2, 1.5)), zorder=6, label="true"))
+        ax.add_collection(
+            LineCollection(
+                gt[:, chosen, :2].transpose(1, 0, 2),
+                colors="black",
+                linewidths=0.9,
+                linestyles=(0, (2, 1.5)),
+                zorder=6,
+                label="true",
+            )
+        )
     if len(chosen):
         segs = np.stack([tr[:-1, chosen, :2], tr[1:, chosen, :2]], 2)  # (T-1, K, 2, 2)
         tcol = np.repeat(np.arange(T - 1), len(chosen))
@@ -248,7 +322,9 @@ def plot_trajectories(traj, path, *, true_traj=None, background=None, range_m: f
         lc.set_array(tcol + 0.5)
         lc.set_clim(0, T - 1)
         ax.add_collection(lc)
-        ax.scatter(tr[0, chosen, 0], tr[0, chosen, 1], s=6, c="black", zorder=5, lw=0, label="start (frame 0)")
+        ax.scatter(
+            tr[0, chosen, 0], tr[0, chosen, 1], s=6, c="black", zorder=5, lw=0, label="start (frame 0)"
+        )
         cb = fig.colorbar(lc, ax=ax, fraction=0.046, pad=0.03)
         cb.set_label("frame step (k -> k+1)")
         cb.set_ticks(np.arange(T - 1) + 0.5)
@@ -265,8 +341,18 @@ def plot_trajectories(traj, path, *, true_traj=None, background=None, range_m: f
     return _save(fig, path)
 
 
-def plot_accumulated(clouds, path, *, titles=None, masks=None, range_m: float = 40.0, center=(0.0, 0.0),
-                     max_points: int = 200_000, title: str | None = None, point_size: float = 0.8) -> Path:
+def plot_accumulated(
+    clouds,
+    path,
+    *,
+    titles=None,
+    masks=None,
+    range_m: float = 40.0,
+    center=(0.0, 0.0),
+    max_points: int = 200_000,
+    title: str | None = None,
+    point_size: float = 0.8,
+) -> Path:
     """Accumulated cloud(s) coloured by frame index. ``clouds``: one (M,4) array (x, y, z,
     frame) as returned by :func:`~priorlab.sceneflow.trajectory.accumulate`, or a list of them
     drawn side by side (e.g. rigid-only vs flow-compensated) with ``titles``. ``masks`` (one
@@ -277,14 +363,18 @@ def plot_accumulated(clouds, path, *, titles=None, masks=None, range_m: float = 
     clouds = [np.asarray(c, dtype=np.float64) for c in clouds]
     for c in clouds:
         if c.ndim != 2 or c.shape[1] != 4:
-            raise PriorlabError(f"accumulated cloud has shape {c.shape}; expected (M,4) = x, y, z, frame index")
+            raise PriorlabError(
+                f"accumulated cloud has shape {c.shape}; expected (M,4) = x, y, z, frame index"
+            )
     if masks is not None:
         masks = [masks] * len(clouds) if isinstance(masks, np.ndarray) else list(masks)
         if len(masks) != len(clouds):
             raise PriorlabError(f"got {len(masks)} masks for {len(clouds)} clouds")
         for m, c in zip(masks, clouds):
             if np.asarray(m).shape != (len(c),):
-                raise PriorlabError(f"mask has shape {np.asarray(m).shape}; expected ({len(c)},), one entry per point")
+                raise PriorlabError(
+                    f"mask has shape {np.asarray(m).shape}; expected ({len(c)},), one entry per point"
+                )
         clouds = [c[np.asarray(m, bool)] for c, m in zip(clouds, masks)]
     titles = list(titles) if titles is not None else [None] * len(clouds)
     if len(titles) != len(clouds):
@@ -299,12 +389,16 @@ def plot_accumulated(clouds, path, *, titles=None, masks=None, range_m: float = 
     for ax, c, t in zip(axes, clouds, titles):
         idx = _limit(np.flatnonzero(_in_view(c, range_m, center)), max_points)
         idx = np.random.default_rng(0).permutation(idx)  # no frame hides the others systematically
-        sc = ax.scatter(c[idx, 0], c[idx, 1], s=point_size, c=c[idx, 3], cmap=cmap, norm=norm, lw=0, rasterized=True)
+        sc = ax.scatter(
+            c[idx, 0], c[idx, 1], s=point_size, c=c[idx, 3], cmap=cmap, norm=norm, lw=0, rasterized=True
+        )
         _bev_axes(ax, range_m, center, t)
     if title:
         fig.suptitle(title, fontsize=11)
     if sc is not None:
-        cb = fig.colorbar(sc, ax=axes, fraction=0.04 if k == 1 else 0.025, pad=0.01, ticks=np.arange(n_frames))
+        cb = fig.colorbar(
+            sc, ax=axes, fraction=0.04 if k == 1 else 0.025, pad=0.01, ticks=np.arange(n_frames)
+        )
         cb.set_label("frame index")
     return _save(fig, path)
 
