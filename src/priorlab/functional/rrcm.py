@@ -5,9 +5,12 @@ Pretraining aligns representations along a noising trajectory ``x_t = x + sigma_
 the Karras grid ``sigma_i = (s_max^(1/rho) + i/(N-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``:
 
 - instance discrimination between two augmented views at the smallest noise level, online
-  encoder against an EMA target (InfoNCE, temperature tau);
+  encoder against an EMA target (InfoNCE, temperature tau), symmetric: view a against the
+  target's view b plus view b against the target's view a, summed;
 - consistency between temporally adjacent points ``x_{t_i}`` and ``x_{t_{i+1}}`` (same noise
   ``eps``), online against its own detached output (InfoNCE over the batch).
+
+The official trainer draws ONE trajectory index per batch (every example shares ``t_i``).
 
 Fine-tuning under Gaussian noise adds the consistency regulariser of Jeong & Shin
 (arXiv:2006.04062): ``lbd * mean_j KL(avg || p_j) + eta * H(avg)`` over ``m`` noisy copies.
@@ -59,8 +62,9 @@ def rrcm_pretrain_loss(encoder: nn.Module, target_encoder: nn.Module, x: torch.T
 
     ``encoder(x_noisy, sigma)`` must return ``(contrastive_projection, consistency_projection)``
     (two heads on a shared trunk). ``indices`` (batch,) pick ``sigma_i`` and its neighbour
-    ``sigma_{i+1}`` (so each index must be <= N-2); ``view_a`` / ``view_b`` are two augmentations
-    of ``x``, compared at the smallest noise level ``sigmas[-1]``.
+    ``sigma_{i+1}`` (so each index must be <= N-2); the official trainer repeats one index over
+    the batch (:func:`batch_step_indices`). ``view_a`` / ``view_b`` are two augmentations of
+    ``x``, compared at the smallest noise level ``sigmas[-1]`` in both directions (summed).
     """
     if indices.is_floating_point() or indices.shape != (len(x),):
         raise PriorlabError(f"indices must be integers, one per example ({len(x)}), got "
@@ -74,16 +78,29 @@ def rrcm_pretrain_loss(encoder: nn.Module, target_encoder: nn.Module, x: torch.T
         noise = torch.randn_like(x)
     expand = (-1,) + (1,) * (x.ndim - 1)
     sigma_min = sigmas[-1].expand(len(x))
-    h_online = encoder(view_a + sigma_min.view(expand) * noise, sigma_min)[0]
+    noisy_a = view_a + sigma_min.view(expand) * noise
+    noisy_b = view_b + sigma_min.view(expand) * noise
     with torch.no_grad():
-        h_target = target_encoder(view_b + sigma_min.view(expand) * noise, sigma_min)[0]
-    contrastive = info_nce(h_online, h_target, tau)
+        key_a, key_b = (target_encoder(v, sigma_min)[0] for v in (noisy_a, noisy_b))
+    contrastive = (info_nce(encoder(noisy_a, sigma_min)[0], key_b, tau)
+                   + info_nce(encoder(noisy_b, sigma_min)[0], key_a, tau))
     s_far, s_near = sigmas[indices], sigmas[indices + 1]
     h_far = encoder(x + s_far.view(expand) * noise, s_far)[1]
     with torch.no_grad():
         h_near = encoder(x + s_near.view(expand) * noise, s_near)[1]
     consistency = info_nce(h_far, h_near, tau)
     return {"contrastive": contrastive.mean(), "consistency": consistency.mean()}
+
+
+def batch_step_indices(num_scales: int, batch: int,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """One trajectory index, uniform over ``[0, num_scales - 2]``, repeated for the whole batch
+    (the official ``UniformSingularStepSampler``)."""
+    if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 2:
+        raise PriorlabError(f"num_scales must be an integer >= 2, got {num_scales!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise PriorlabError(f"batch must be an integer >= 1, got {batch!r}")
+    return torch.randint(0, num_scales - 1, (1,), generator=generator).repeat(batch)
 
 
 @torch.no_grad()
