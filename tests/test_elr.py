@@ -160,3 +160,28 @@ def test_reproduction_smoke():
     assert again.metrics == out.metrics  # deterministic given (arm, cfg, seed)
     with pytest.raises(PriorlabError, match="arm"):
         p003_elr.run("elr_sym60", claim.tiers["smoke"], seed=0)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: elr_loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), torch.zeros(0, 3)),
+    lambda: elr_regularizer(torch.zeros(0, 3), torch.zeros(0, 3)),
+])
+def test_empty_batch_is_refused_not_nan(call):
+    # the mean over no sample was NaN; stablemax and co-teaching already refuse it
+    with pytest.raises(PriorlabError, match="logits is empty"):
+        call()
+
+
+def test_boolean_labels_are_refused_with_the_argument_named():
+    # bool is not floating point, so they passed the check and crashed inside cross_entropy
+    with pytest.raises(PriorlabError, match="labels must have dtype integer, got bool"):
+        elr_loss(torch.zeros(2, 3), torch.tensor([True, False]), torch.zeros(2, 3))
+
+
+def test_int32_labels_work_and_complex_target_estimates_are_refused():
+    logits, targets = torch.zeros(2, 3), torch.zeros(2, 3)
+    expected = elr_loss(logits, torch.tensor([0, 1]), targets)
+    torch.testing.assert_close(elr_loss(logits, torch.tensor([0, 1], dtype=torch.int32), targets),
+                               expected)  # cross_entropy alone refuses int32 targets
+    with pytest.raises(PriorlabError, match="target_estimates must have dtype float"):
+        elr_regularizer(logits, targets.to(torch.complex64))

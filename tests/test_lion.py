@@ -197,13 +197,16 @@ def test_reproduction_smoke_every_arm_gives_finite_complete_metrics():
     from priorlab.reproductions import p065_lion as repro
 
     cfg = repro.CLAIM.tiers["smoke"]
-    expected = {repro.CLAIM.metric, *repro.CLAIM.extra_metrics}
+    expected = {repro.CLAIM.metric, *repro.CLAIM.extra_metrics, *(g.metric for g in repro.CLAIM.guards)}
     for arm in repro.CLAIM.arms:
         out = repro.run(arm, cfg, seed=0)
         assert set(out.metrics) == expected
         assert all(math.isfinite(v) for v in out.metrics.values())
         optimizer, batch_size = arm.split("_b")
-        assert out.metrics["selected_lr"] in repro.LR_GRID[(optimizer, int(batch_size))]
+        # the declared grid, extended a half-decade when the best lr sits on its edge
+        swept = [entry["lr"] for entry in out.info["sweep"]]
+        assert set(repro.LR_GRID[(optimizer, int(batch_size))]) <= set(swept)
+        assert out.metrics["selected_lr"] in swept and out.metrics["grid_size"] == len(swept)
         # Lion keeps one fp32 buffer per weight; AdamW two (plus a scalar step count per tensor)
         bytes_per_param = out.metrics["state_bytes_per_param"]
         if optimizer == "lion":
@@ -215,3 +218,109 @@ def test_reproduction_smoke_every_arm_gives_finite_complete_metrics():
     first = repro.run(repro.CLAIM.arms[1], cfg, seed=0)
     again = repro.run(repro.CLAIM.arms[1], cfg, seed=0)
     assert again.metrics == first.metrics
+
+
+# --- non-finite gradients (issue 16): a NaN must not freeze Lion for good ---------------------
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nonfinite_gradient_skips_the_group_step_and_keeps_the_state(foreach, bad):
+    w, other = _param([0.5, -1.0, 2.0]), _param([[1.0, 2.0]])
+    opt = Lion([w, other], lr=0.1, foreach=foreach)
+    _step(opt, w, [1.0, -2.0, 3.0])  # m = [0.01, -0.02, 0.03], w = [0.4, -0.9, 1.9]
+    w.grad, other.grad = torch.tensor([1.0, bad, 3.0]), torch.tensor([[1.0, 1.0]])
+    with pytest.warns(RuntimeWarning, match=r"\(3,\).*skipped"):
+        opt.step()
+    torch.testing.assert_close(w.data, torch.tensor([0.4, -0.9, 1.9]))
+    torch.testing.assert_close(opt.state[w]["exp_avg"], torch.tensor([0.01, -0.02, 0.03]))
+    assert torch.equal(other.data, torch.tensor([[1.0, 2.0]]))  # the whole group is skipped
+    assert other not in opt.state
+    # the next finite step is an ordinary Lion step (before the fix the momentum held NaN and
+    # sign(NaN) = 0 kept that coordinate frozen forever)
+    _step(opt, w, [-0.05, 0.1, -0.5])
+    torch.testing.assert_close(w.data, torch.tensor([0.3, -0.8, 2.0]))
+    assert torch.isfinite(opt.state[w]["exp_avg"]).all()
+
+
+def test_nonfinite_gradient_skips_only_its_own_param_group():
+    w, v = _param([1.0]), _param([1.0])
+    opt = Lion([{"params": [w]}, {"params": [v]}], lr=0.1)
+    w.grad, v.grad = torch.tensor([math.nan]), torch.tensor([1.0])
+    with pytest.warns(RuntimeWarning):
+        opt.step()
+    assert w.item() == 1.0 and math.isclose(v.item(), 0.9, rel_tol=1e-6)
+
+
+def test_nonfinite_raise_policy_raises_and_changes_nothing():
+    w = _param([0.5, -1.0])
+    opt = Lion([w], lr=0.1, nonfinite="raise")
+    w.grad = torch.tensor([math.nan, 1.0])
+    with pytest.raises(PriorlabError, match=r"NaN or infinite gradient.*\(2,\)"):
+        opt.step()
+    assert torch.equal(w.data, torch.tensor([0.5, -1.0])) and not opt.state
+
+
+def test_unknown_nonfinite_policy_is_rejected():
+    with pytest.raises(PriorlabError, match="nonfinite"):
+        Lion([_param([1.0])], nonfinite="ignore")
+
+
+# --- load_state_dict runs the constructor's checks (issue 16) ---------------------------------
+
+def _trained_lion(**kwargs):
+    w = _param([1.0, 2.0])
+    opt = Lion([w], lr=1e-2, **kwargs)
+    _step(opt, w, [1.0, -1.0])
+    return w, opt
+
+
+@pytest.mark.parametrize("corrupt, words", [
+    (lambda sd: sd["param_groups"][0].update(lr=-0.5), "lr"),
+    (lambda sd: sd["param_groups"][0].update(betas=(0.9, 1.2)), "betas"),
+    (lambda sd: sd["param_groups"][0].update(weight_decay=math.nan), "weight_decay"),
+    (lambda sd: sd["param_groups"][0].update(nonfinite="ignore"), "nonfinite"),
+    (lambda sd: sd["state"][0].update(exp_avg=torch.tensor([math.nan, 0.0])), "NaN"),
+    (lambda sd: sd["state"][0].update(exp_avg=torch.zeros(3)), "exp_avg"),
+    (lambda sd: sd["state"][0].update(step=torch.tensor(1.0)), "exp_avg"),
+    (lambda sd: sd.pop("state"), "state"),
+    (lambda sd: sd["param_groups"].append({"params": []}), "group"),
+])
+def test_corrupt_state_dict_is_rejected_and_leaves_the_optimizer_unchanged(corrupt, words):
+    w, opt = _trained_lion()
+    saved = copy.deepcopy(opt.state_dict())
+    bad = copy.deepcopy(saved)
+    corrupt(bad)
+    with pytest.raises(PriorlabError, match=words):
+        opt.load_state_dict(bad)
+    assert opt.param_groups[0]["lr"] == 1e-2
+    assert torch.equal(opt.state[w]["exp_avg"], saved["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("stepped", [False, True])
+def test_an_adamw_state_does_not_load_into_lion(stepped):
+    w = _param([1.0, 2.0])
+    adamw = torch.optim.AdamW([w], lr=1e-3)
+    if stepped:
+        _step(adamw, w, [1.0, -1.0])
+    opt = Lion([w], lr=1e-4)
+    with pytest.raises(PriorlabError, match="another optimizer"):
+        opt.load_state_dict(adamw.state_dict())
+    assert opt.param_groups[0]["lr"] == 1e-4
+
+
+def test_a_state_saved_before_the_nonfinite_option_still_loads():
+    w, opt = _trained_lion()
+    old = copy.deepcopy(opt.state_dict())
+    for group in old["param_groups"]:
+        del group["nonfinite"], group["foreach"]
+    fresh = Lion([_param([1.0, 2.0])], lr=0.5)
+    fresh.load_state_dict(old)
+    assert fresh.param_groups[0]["nonfinite"] == "skip" and fresh.param_groups[0]["lr"] == 1e-2
+
+
+def test_a_scheduler_state_key_is_not_mistaken_for_another_optimizer():
+    w, opt = _trained_lion()
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=10)  # adds keys to groups
+    clone = Lion([_param([1.0, 2.0])], lr=0.5)
+    clone.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert clone.param_groups[0]["max_lr"] == 1e-2

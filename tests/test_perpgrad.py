@@ -142,3 +142,60 @@ def test_param_groups_are_shared_with_the_base_so_schedulers_work():
 def test_bad_arguments_raise(bad):
     with pytest.raises(PriorlabError):
         bad()
+
+
+# --- non-finite gradients and loaded states (issue 16) ----------------------------------------
+
+def _adamw_perpgrad(**kwargs):
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))
+    optimizer = PerpGrad(torch.optim.AdamW([w], lr=0.1), **kwargs)
+    w.grad = torch.tensor([1.0, 0.0])
+    optimizer.step()
+    return w, optimizer
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_nonfinite_gradient_skips_the_step_and_keeps_the_base_state(bad):
+    w, optimizer = _adamw_perpgrad()
+    before_w, before_state = w.detach().clone(), copy.deepcopy(optimizer.state_dict())
+    w.grad = torch.tensor([bad, 1.0])
+    with pytest.warns(RuntimeWarning, match=r"\(2,\).*skipped"):
+        optimizer.step()
+    assert torch.equal(w.detach(), before_w)
+    for key, value in before_state["state"][0].items():
+        assert torch.equal(optimizer.state[w][key], value)
+    w.grad = torch.tensor([1.0, 0.0])
+    optimizer.step()  # an ordinary step follows: weights and moments stay finite
+    assert torch.isfinite(w).all() and torch.isfinite(optimizer.state[w]["exp_avg_sq"]).all()
+
+
+def test_nonfinite_raise_policy():
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))
+    optimizer = PerpGrad(torch.optim.SGD([w], lr=0.5), nonfinite="raise")
+    w.grad = torch.tensor([math.nan, 0.0])
+    with pytest.raises(PriorlabError, match="NaN or infinite"):
+        optimizer.step()
+    assert torch.equal(w.detach(), torch.tensor([3.0, 4.0]))
+    with pytest.raises(PriorlabError, match="nonfinite"):
+        PerpGrad(torch.optim.SGD([w], lr=0.5), nonfinite="maybe")
+
+
+@pytest.mark.parametrize("corrupt, words", [
+    (lambda sd: sd["param_groups"][0].update(lr=-0.5), "lr"),
+    (lambda sd: sd["param_groups"][0].update(momentum=0.9), "another optimizer"),
+    # AdamW's own constructor refuses it; the loaded state used to pass and crash the next step
+    (lambda sd: sd["param_groups"][0].update(betas=(0.9, 1.5)), "AdamW's checks.*beta"),
+    (lambda sd: sd["state"][0].update(exp_avg_sq=torch.tensor([math.nan, 1.0])), "NaN"),
+    (lambda sd: sd.update(param_groups="oops"), "param_groups"),
+    # was accepted, then the next step crashed with a torch size mismatch
+    (lambda sd: sd["state"][0].update(exp_avg=torch.zeros(3)), "shape"),
+    (lambda sd: sd["state"].update({7: {}}), "parameter 7"),
+])
+def test_corrupt_state_dict_is_rejected_and_leaves_the_optimizer_unchanged(corrupt, words):
+    w, optimizer = _adamw_perpgrad()
+    bad = copy.deepcopy(optimizer.state_dict())
+    corrupt(bad)
+    with pytest.raises(PriorlabError, match=words):
+        optimizer.load_state_dict(bad)
+    assert optimizer.param_groups[0]["lr"] == 0.1
+    assert optimizer.param_groups is optimizer.base_optimizer.param_groups

@@ -170,3 +170,13 @@ def test_reproduction_smoke_every_arm():
         assert 0.0 <= out.metrics["test_ece"] <= 1.0
         assert len(out.curves["test_ece"]["x"]) == len(out.curves["test_ece"]["y"]) > 0
     assert CLAIM.guards[0].metric == "test_acc" and not CLAIM.higher_is_better
+
+
+@pytest.mark.parametrize("call", [
+    lambda: pskd_loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), torch.zeros(0, 3), 0.5),
+    lambda: soft_cross_entropy(torch.zeros(0, 3), torch.zeros(0, 3)),
+])
+def test_empty_batch_is_refused_not_nan(call):
+    # the mean over no sample was NaN; stablemax and co-teaching already refuse it
+    with pytest.raises(PriorlabError, match="logits is empty"):
+        call()

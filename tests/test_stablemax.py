@@ -68,11 +68,24 @@ def test_gradient_finite_at_branch_point_and_for_large_logits():
     assert torch.isfinite(x.grad).all()
 
 
-def test_module_matches_functions():
-    x = torch.randn(5, 7)
-    torch.testing.assert_close(StableMax()(x), stablemax(x))
-    torch.testing.assert_close(StableMax(dim=0, log=True)(x), log_stablemax(x, dim=0))
+def test_module_gives_hand_computed_values():
+    # s(1) = 2, s(0) = 1, s(-1) = 1/2, s(3) = 4
+    x = torch.tensor([[1.0, 0.0, -1.0], [3.0, -1.0, 0.0]])
+    expected = torch.tensor([[2 / 3.5, 1 / 3.5, 0.5 / 3.5], [4 / 5.5, 0.5 / 5.5, 1 / 5.5]])
+    out = StableMax()(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected)
+    # along dim 0: columns (2, 4), (1, 1/2), (1/2, 1)
+    by_column = torch.tensor([[2 / 6, 1 / 1.5, 0.5 / 1.5], [4 / 6, 0.5 / 1.5, 1 / 1.5]])
+    torch.testing.assert_close(StableMax(dim=0, log=True)(x), by_column.log())
     assert "log=True" in repr(StableMax(log=True))
+
+
+def test_module_computes_in_its_compute_dtype():
+    # log StableMax([1e8, 0])[0] = -log1p(1e-8 / (1 + 1e-8)) ~ -1e-8: float64 keeps it, float32 not
+    x = torch.tensor([1e8, 0.0])
+    assert math.isclose(float(StableMax(log=True)(x)[0]), -1e-8, rel_tol=1e-3)
+    assert float(StableMax(log=True, compute_dtype=torch.float32)(x)[0]) == 0.0
 
 
 @pytest.mark.parametrize("bad", [
@@ -137,3 +150,18 @@ def test_reproduction_smoke_tier_runs(arm):
 def test_reproduction_rejects_unknown_arm():
     with pytest.raises(PriorlabError):
         p062_stablemax.run("softmax", dict(p062_stablemax.CLAIM.tiers["smoke"]), seed=0)
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: stablemax(torch.zeros(2, 3), dim="1"),      # was a TypeError from a comparison
+    lambda: log_stablemax(torch.zeros(2, 3), dim=1.0),
+    lambda: StableMax(dim=None),
+])
+def test_dim_must_be_an_integer(bad):
+    with pytest.raises(PriorlabError, match="dim must be an integer"):
+        bad()
+
+
+def test_empty_batch_error_names_the_logits():
+    with pytest.raises(PriorlabError, match="empty batch.*logits"):
+        stablemax_cross_entropy(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))

@@ -5,13 +5,18 @@ any loop can call. :func:`priorlab.train.fit` calls them in this fixed order eac
 
     outputs = model(inputs)
     terms   = {"task": loss_fn(outputs, targets)} | adapter.loss_terms(ctx) ...
-    sum(terms).backward()
+    optimizer.zero_grad(); sum(terms).backward()
     adapter.before_optimizer_step(ctx)      # gradient surgery goes here
-    optimizer.step(); optimizer.zero_grad()
+    optimizer.step()
     adapter.after_step(ctx)
 
-and ``on_epoch_end(ctx)`` after each epoch, ``on_task_end(ctx)`` after each task. Loss terms
-come back as a named dict so every penalty is logged (one that silently stays 0 shows up).
+and ``on_epoch_end(ctx)`` after each epoch. Loss terms come back as a named dict so every
+penalty is logged (one that silently stays 0 shows up). ``state_dict`` / ``load_state_dict``
+carry an adapter's own state (per-sample buffers, counters) through checkpoints.
+
+One capability flag: ``ddp_safe = False`` marks an adapter whose state would diverge across
+processes under distributed data parallel; :func:`~priorlab.train.fit` refuses to run it when
+``torch.distributed`` is initialised.
 """
 
 from __future__ import annotations
@@ -42,9 +47,6 @@ class StepContext:
 class Adapter:
     """Base class: every hook is a no-op, so an adapter implements only what it needs."""
 
-    needs_closure = False
-    freezes_params = False
-    needs_teacher = False
     ddp_safe = True
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> nn.Module:
@@ -60,9 +62,6 @@ class Adapter:
         pass
 
     def on_epoch_end(self, ctx: StepContext) -> None:
-        pass
-
-    def on_task_end(self, ctx: StepContext) -> None:
         pass
 
     def state_dict(self) -> dict:

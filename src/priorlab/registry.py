@@ -13,7 +13,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from priorlab.errors import PriorlabError, did_you_mean
+from priorlab.errors import PriorlabError, UsageError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,12 @@ def all_cards() -> list[MethodCard]:
 
 
 def get(key: str | int) -> MethodCard:
-    """A card by slug or by seed id (``"lion"`` or ``65``)."""
+    """A card by slug or by seed id (``"lion"`` or ``65``); slugs match case-insensitively."""
     cards = all_cards()
     text = str(key).strip()
+    folded = text.casefold()
     for card in cards:
-        if card.id == text:
+        if card.id.casefold() == folded:
             return card
     if text.isdigit():
         matches = [c for c in cards if c.seed_id == int(text)]
@@ -114,8 +115,8 @@ def get(key: str | int) -> MethodCard:
             return matches[0]
         if matches:
             ids = ", ".join(c.id for c in matches)
-            raise PriorlabError(f"seed id {text} has several methods ({ids}); name one of them")
-    raise did_you_mean(text, [c.id for c in cards], "method")
+            raise UsageError(f"seed id {text} has several methods ({ids}); name one of them")
+    raise did_you_mean(text, [c.id for c in cards], "method")  # suggests case-folded matches
 
 
 def find(pattern: str | None = None) -> list[MethodCard]:

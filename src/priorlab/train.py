@@ -6,8 +6,9 @@ Batches are ``(inputs, targets)`` or ``(inputs, targets, indices)``; wrap a data
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from priorlab.errors import PriorlabError
 from priorlab.hooks import Adapter, StepContext
 from priorlab.progress import progress
+from priorlab.validation import check_number
 
 
 def fit(model: nn.Module, batches: Callable[[], Iterable] | Iterable, optimizer: torch.optim.Optimizer,
@@ -23,14 +25,19 @@ def fit(model: nn.Module, batches: Callable[[], Iterable] | Iterable, optimizer:
         eval_every: int = 1, show_progress: bool = True) -> dict[str, list[float]]:
     """Train ``model`` and return its history.
 
-    ``batches`` is an iterable re-iterated each epoch (a DataLoader) or a function returning one.
-    The history holds the per-epoch mean of each named loss term (``loss/<name>``) and, every
-    ``eval_every`` epochs, what ``evaluate(model)`` returns, with an ``epoch`` list beside it.
+    ``batches`` is an iterable re-iterated each epoch (a list, a DataLoader) or a function
+    returning one. The history holds the per-epoch mean of each named loss term
+    (``loss/<name>``) and, every ``eval_every`` epochs, what ``evaluate(model)`` returns, with an
+    ``epoch`` list beside it. A NaN or infinite loss term stops training with a PriorlabError
+    naming the epoch and step.
     """
-    if epochs < 1:
-        raise PriorlabError(f"epochs must be >= 1, got {epochs}")
+    epochs = check_number(epochs, "epochs", who="fit", low=1, integer=True)
+    eval_every = check_number(eval_every, "eval_every", who="fit", low=1, integer=True,
+                              hint="evaluate every N epochs with eval_every=N (1 = every epoch)")
+    _check_arguments(model, batches, optimizer, loss_fn, epochs, adapters)
     for adapter in adapters:
         model = adapter.setup(model, optimizer)
+    _check_optimizer_holds_parameters(model, optimizer)
     history: dict[str, list[float]] = defaultdict(list)
     ctx = StepContext(model=model, optimizer=optimizer)
     for epoch in progress(range(epochs), desc="epochs", disable=None if show_progress else True):
@@ -48,6 +55,7 @@ def fit(model: nn.Module, batches: Callable[[], Iterable] | Iterable, optimizer:
                     if name in terms:
                         raise PriorlabError(f"two adapters return the loss term {name!r}; rename one")
                     terms[name] = value
+            values = _checked_values(terms, epoch, ctx.step)
             ctx.loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             ctx.loss.backward()
@@ -56,12 +64,12 @@ def fit(model: nn.Module, batches: Callable[[], Iterable] | Iterable, optimizer:
             optimizer.step()
             for adapter in adapters:
                 adapter.after_step(ctx)
-            for name, value in terms.items():
-                sums[name] += float(value.detach())
+            for name, value in values.items():
+                sums[name] += value
             n_batches += 1
             ctx.step += 1
         if n_batches == 0:
-            raise PriorlabError("the data yielded no batch; check the dataset and batch size")
+            raise PriorlabError(_no_batch_message(epoch))
         for adapter in adapters:
             adapter.on_epoch_end(ctx)
         for name, total in sums.items():
@@ -69,11 +77,88 @@ def fit(model: nn.Module, batches: Callable[[], Iterable] | Iterable, optimizer:
         if evaluate is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             model.eval()
             with torch.no_grad():
-                for name, value in evaluate(model).items():
-                    history[name].append(float(value))
+                scores = evaluate(model)
+            _record_scores(history, scores)
             history["epoch"].append(epoch + 1)
             model.train()
     return dict(history)
+
+
+def _check_arguments(model, batches, optimizer, loss_fn, epochs: int, adapters) -> None:
+    if not isinstance(model, nn.Module):
+        raise PriorlabError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise PriorlabError(f"fit: optimizer must be a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}; build it over model.parameters()")
+    if not callable(loss_fn):
+        raise PriorlabError(f"fit: loss_fn must be callable (outputs, targets) -> loss, got "
+                            f"{type(loss_fn).__name__}")
+    if not callable(batches) and not isinstance(batches, Iterable):
+        raise PriorlabError(f"fit: batches must be an iterable of (inputs, targets[, indices]) or "
+                            f"a function returning one, got {type(batches).__name__}")
+    if epochs > 1 and isinstance(batches, Iterator):
+        raise PriorlabError(f"fit: batches is a one-shot iterator ({type(batches).__name__}), "
+                            f"which would be exhausted after epoch 1 of {epochs}; pass a function "
+                            "that returns a fresh iterable (batches=lambda: make_batches()) or a "
+                            "re-iterable such as a list or a DataLoader")
+    for adapter in adapters:
+        if not isinstance(adapter, Adapter):
+            raise PriorlabError(f"fit: adapters must be priorlab.hooks.Adapter instances, got "
+                                f"{type(adapter).__name__}")
+    unsafe = [type(a).__name__ for a in adapters if not a.ddp_safe]
+    if unsafe and torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise PriorlabError(f"fit: adapter(s) {', '.join(unsafe)} are not safe under distributed "
+                            "data parallel (their state would diverge across processes); train "
+                            "them in a single process")
+
+
+def _check_optimizer_holds_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in held for p in model.parameters()):
+        raise PriorlabError("fit: the optimizer holds none of the model's parameters, so training "
+                            "would change nothing; build it over this model's parameters, e.g. "
+                            "torch.optim.SGD(model.parameters(), lr=0.1)")
+
+
+def _checked_values(terms: dict, epoch: int, step: int) -> dict[str, float]:
+    """Each loss term as a float; a non-scalar or non-finite term raises (before backward, so
+    the weights stay as they were)."""
+    values = {}
+    for name, term in terms.items():
+        if not isinstance(term, torch.Tensor) or term.numel() != 1:
+            got = tuple(term.shape) if isinstance(term, torch.Tensor) else type(term).__name__
+            raise PriorlabError(f"fit: loss term {name!r} must be a one-element tensor, got {got}; "
+                                "reduce it (e.g. .mean())")
+        values[name] = float(term.detach())
+        if not math.isfinite(values[name]):
+            raise PriorlabError(f"fit: loss term {name!r} is {values[name]} at epoch {epoch + 1}, "
+                                f"step {step + 1}: training diverged; lower the learning rate, "
+                                "clip gradients or check the inputs")
+    return values
+
+
+def _no_batch_message(epoch: int) -> str:
+    if epoch == 0:
+        return "fit: the data yielded no batch; check the dataset and batch size"
+    return (f"fit: batches yielded no batch in epoch {epoch + 1}: the iterable was exhausted after "
+            f"epoch {epoch}; pass a function that returns a fresh iterable each epoch or a "
+            "re-iterable such as a list or a DataLoader")
+
+
+def _record_scores(history: dict, scores) -> None:
+    if not isinstance(scores, dict):
+        raise PriorlabError(f"fit: evaluate(model) must return a dict of name -> number, got "
+                            f"{type(scores).__name__}")
+    for name, value in scores.items():
+        if not isinstance(name, str) or name == "epoch" or name.startswith("loss/"):
+            raise PriorlabError(f"fit: evaluate returned the key {name!r}, which would mix with the "
+                                "training history ('epoch', 'loss/...'); rename it, e.g. "
+                                f"'eval/{name}'")
+        try:
+            history[name].append(float(value))
+        except (TypeError, ValueError, RuntimeError):
+            raise PriorlabError(f"fit: evaluate returned {name!r} = {value!r}, which is not a "
+                                "number") from None
 
 
 class SchedulerStep(Adapter):

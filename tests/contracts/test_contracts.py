@@ -1,8 +1,11 @@
 """Contracts every registered method meets; a new card is covered the moment it registers."""
 
+import contextlib
 import copy
 import importlib
+import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -59,8 +62,27 @@ def test_reproduction_declares_its_claim(card):
 
 
 @pytest.mark.parametrize("card", CARDS, ids=lambda c: c.id)
-def test_usage_snippet_runs(card):
-    exec(compile(card.usage, f"<usage of {card.id}>", "exec"), {})
+def test_usage_snippet_runs_and_uses_the_component(card):
+    namespace = {}
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("always")
+        exec(compile(card.usage, f"<usage of {card.id}>", "exec"), namespace)
+    # the snippet shows the card's own component, not only something near it
+    assert any(value is card.component for value in namespace.values()), \
+        f"{card.id}: the usage snippet never imports {card.component!r}"
+    # a snippet users copy must run cleanly and end in a finite loss where it trains
+    noisy = [f"{w.category.__name__}: {w.message}" for w in caught
+             if issubclass(w.category, (UserWarning, RuntimeWarning))]
+    assert not noisy, f"{card.id}: the usage snippet warns: {noisy}"
+    loss = namespace.get("loss")
+    if isinstance(loss, torch.Tensor):
+        assert torch.isfinite(loss).all(), f"{card.id}: the usage snippet ends with loss {loss}"
+
+
+def test_get_matches_ids_case_insensitively_and_suggests_case_folded():
+    assert get("ELR") is get("elr") and get(" Lion ") is get("lion")
+    with pytest.raises(PriorlabError, match="did you mean 'stablemax'"):
+        get("StableMaxx")
 
 
 @pytest.mark.parametrize("card", WITH_EXAMPLE, ids=lambda c: c.id)

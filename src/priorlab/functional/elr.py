@@ -29,33 +29,28 @@ import torch
 import torch.nn.functional as F
 
 from priorlab.errors import PriorlabError
+from priorlab.validation import check_finite, check_tensor
 
 PROB_CLAMP = 1e-4  # official clamp on the softmax, keeps log(1 - <t, p>) finite
 
 
 def _check_logits(logits: torch.Tensor) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.is_floating_point():
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise PriorlabError(f"ELR expects logits as a float tensor of shape (batch, num_classes), "
-                            f"got {shape}; pass the model's raw outputs")
+    check_tensor(logits, "logits", who="ELR", ndim=2, dtype="float", non_empty=True,
+                 hint="pass the model's raw outputs, shape (batch, num_classes), batch >= 1")
     if logits.shape[1] < 2:
         raise PriorlabError(f"ELR needs at least 2 classes, got logits of shape "
                             f"{tuple(logits.shape)}")
-    if not torch.isfinite(logits).all():
-        raise PriorlabError("ELR got NaN or infinite logits; lower the learning rate or check the "
-                            "model's inputs")
+    check_finite(logits, "logits", who="ELR", hint="lower the learning rate or check the model's "
+                                                   "inputs")
 
 
 def _check_targets(target_estimates: torch.Tensor, logits: torch.Tensor) -> None:
-    if not isinstance(target_estimates, torch.Tensor) or target_estimates.shape != logits.shape:
-        shape = (tuple(target_estimates.shape) if isinstance(target_estimates, torch.Tensor)
-                 else type(target_estimates).__name__)
-        raise PriorlabError(f"ELR target estimates must have the logits' shape "
-                            f"{tuple(logits.shape)}, got {shape}; index the "
-                            "(num_samples, num_classes) buffer by the batch's sample indices")
+    check_tensor(target_estimates, "target_estimates", who="ELR", shape=tuple(logits.shape),
+                 dtype="float", hint="index the (num_samples, num_classes) float buffer by the "
+                                     "batch's sample indices")
     t = target_estimates.detach()
     # <t, p> must stay below 1 for log(1 - <t, p>) to exist: t is a sub-probability vector
-    slack = 1e-5 + t.shape[1] * (torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0)
+    slack = 1e-5 + t.shape[1] * torch.finfo(t.dtype).eps
     if not torch.isfinite(t).all() or (t < 0).any() or (t.sum(dim=1) > 1 + slack).any():
         raise PriorlabError("ELR target estimates must be finite, non-negative and sum to at most "
                             "1 per row; start the buffer at zeros and update it with "
@@ -116,12 +111,9 @@ def elr_loss(logits: torch.Tensor, labels: torch.Tensor, target_estimates: torch
     """Cross-entropy with the (possibly noisy) ``labels`` plus ``lam`` times the ELR regulariser."""
     _check_lam(lam)
     _check_logits(logits)
-    if (not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.is_floating_point()
-            or labels.shape[0] != logits.shape[0]):
-        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise PriorlabError(f"ELR labels must be an integer tensor of shape ({logits.shape[0]},), "
-                            f"got {shape}")
+    check_tensor(labels, "labels", who="ELR", shape=(logits.shape[0],), dtype="integer",
+                 hint="pass class indices as a LongTensor")
     if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[1]):
         raise PriorlabError(f"ELR labels must lie in [0, {logits.shape[1]}), got values "
                             f"{int(labels.min())}..{int(labels.max())}")
-    return F.cross_entropy(logits, labels) + lam * elr_regularizer(logits, target_estimates)
+    return F.cross_entropy(logits, labels.long()) + lam * elr_regularizer(logits, target_estimates)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from priorlab.errors import PriorlabError
+from priorlab.validation import check_finite, check_tensor
 
 
 def check_alpha(alpha: float, name: str = "alpha") -> float:
@@ -43,12 +44,9 @@ def pskd_alpha(epoch: int, total_epochs: int, alpha_T: float = 0.8) -> float:
 
 
 def _check_logits(logits: torch.Tensor) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.is_floating_point():
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise PriorlabError(f"PS-KD expects float logits of shape (batch, num_classes), got {got}")
-    if not torch.isfinite(logits).all():
-        raise PriorlabError("PS-KD got NaN or infinite logits; lower the learning rate or check "
-                            "the inputs")
+    check_tensor(logits, "logits", who="PS-KD", ndim=2, dtype="float", non_empty=True,
+                 hint="pass the model's raw outputs, shape (batch, num_classes), batch >= 1")
+    check_finite(logits, "logits", who="PS-KD", hint="lower the learning rate or check the inputs")
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int, batch: int) -> None:

@@ -92,7 +92,12 @@ CARD = register(MethodCard(
         "mul-and-add; same rule, results differ only by float rounding. Arguments are checked "
         "more strictly than the official code (non-finite lr, negative or non-finite weight decay, "
         "sparse gradients raise PriorlabError) and a torch._foreach_ multi-tensor path is added "
-        "(identical results to the per-parameter loop)."),
+        "(identical results to the per-parameter loop). Non-finite gradients: the official code "
+        "would take sign(NaN) = 0 (no move) and keep the NaN in the momentum, freezing those "
+        "weights silently for good; here a step whose gradients hold NaN or infinity is skipped "
+        "for its parameter group, weights and momentum unchanged, with a RuntimeWarning naming "
+        "the parameter shapes (as AMP's GradScaler skips); nonfinite='raise' raises instead. "
+        "load_state_dict runs the constructor's checks and refuses another optimizer's state."),
     claim_scope=(
         "The paper trains ViTs, CLIP-style models, diffusion models and LMs at large scale "
         "(ImageNet, JFT-300M, batch up to 32K) and reports Lion matching or beating AdamW, with "

@@ -24,8 +24,6 @@ class RandomTeacher(Adapter):
     task loss of zero (``lambda out, y: out.sum() * 0``) for pure self-distillation.
     """
 
-    needs_teacher = True
-
     def __init__(self, teacher: nn.Module, tau_s: float = 1.0, tau_t: float = 1.0,
                  weight: float = 1.0):
         if not isinstance(teacher, nn.Module):

@@ -197,7 +197,10 @@ PERPGRAD_CARD = register(MethodCard(
         "and zero_grad are the base's. step(closure) evaluates the closure before projecting "
         "(the official projects first and hands the closure to the base, whose re-evaluation "
         "would overwrite the projected gradients); LBFGS is rejected for the same reason. "
-        "Half-precision tensors are projected in float32 so eps = 1e-30 does not underflow."),
+        "Half-precision tensors are projected in float32 so eps = 1e-30 does not underflow. "
+        "A step whose gradients hold NaN or infinity is skipped with a RuntimeWarning (weights "
+        "and the base's state unchanged; the official code would project the NaN over the whole "
+        "tensor); nonfinite='raise' raises instead. load_state_dict checks the state first."),
     claim_scope=CLAIM_SCOPE,
     component=PerpGrad,
     adapter=None,

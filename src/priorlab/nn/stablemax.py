@@ -34,7 +34,10 @@ def _check_logits(x: torch.Tensor, name: str, dim: int) -> None:
         raise PriorlabError(f"{name} needs floating-point logits, got {x.dtype}; "
                             f"cast them with .float()")
     if x.dim() == 0:
-        raise PriorlabError(f"{name} needs at least one dimension of classes, got a scalar")
+        raise PriorlabError(f"{name} needs logits with at least one dimension of classes, got a "
+                            f"scalar")
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise PriorlabError(f"{name}: dim must be an integer (the class dimension), got {dim!r}")
     if not -x.dim() <= dim < x.dim():
         raise PriorlabError(f"{name}: dim={dim} is out of range for a tensor with {x.dim()} "
                             f"dimension(s)")
@@ -97,7 +100,8 @@ def stablemax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reducti
         raise PriorlabError(f"targets of shape {tuple(targets.shape)} do not match logits of shape "
                             f"{tuple(logits.shape)}; targets must have shape logits.shape[:-1]")
     if targets.numel() == 0:
-        raise PriorlabError("stablemax_cross_entropy got an empty batch; pass at least one sample")
+        raise PriorlabError(f"stablemax_cross_entropy got an empty batch (logits of shape "
+                            f"{tuple(logits.shape)}); pass at least one sample")
     num_classes = logits.shape[-1]
     if int(targets.min()) < 0 or int(targets.max()) >= num_classes:
         raise PriorlabError(f"targets must lie in [0, {num_classes - 1}] for {num_classes} classes, "
@@ -124,6 +128,8 @@ class StableMax(nn.Module):
                  compute_dtype: torch.dtype = torch.float64):
         super().__init__()
         _check_dtype(compute_dtype)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise PriorlabError(f"StableMax: dim must be an integer (the class dimension), got {dim!r}")
         self.dim = dim
         self.log = log
         self.compute_dtype = compute_dtype

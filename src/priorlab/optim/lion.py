@@ -10,6 +10,10 @@ Per parameter, with gradient ``g`` and momentum ``m`` (the only state)::
 Every coordinate moves by exactly ``lr`` (plus decoupled weight decay), so Lion wants a learning
 rate 3-10x smaller than AdamW's and a weight decay 3-10x larger, keeping ``lr * weight_decay``
 about the same.
+
+A NaN or infinite gradient would freeze Lion silently (``sign(NaN) = 0`` moves nothing, and the
+momentum keeps the NaN for good), so by default such a step is skipped for the whole parameter
+group with a warning, leaving weights and momentum as they were (``nonfinite="raise"`` raises).
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ import torch
 from torch.optim import Optimizer
 
 from priorlab.errors import PriorlabError
+from priorlab.optim.checks import (check_loaded_state_dict, check_nonfinite_policy, handle_nonfinite,
+                                   nonfinite_gradients)
 
 
 def _is_number(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _check_hyperparameters(lr, betas, weight_decay, foreach) -> None:
+def _check_hyperparameters(lr, betas, weight_decay, foreach, nonfinite="skip") -> None:
     if not _is_number(lr) or not math.isfinite(lr) or lr < 0:
         raise PriorlabError(f"Lion: lr must be a finite number >= 0, got {lr!r}; "
                             "use e.g. lr=1e-4 (3-10x smaller than you would give AdamW)")
@@ -38,10 +44,16 @@ def _check_hyperparameters(lr, betas, weight_decay, foreach) -> None:
         raise PriorlabError(f"Lion: betas must be two numbers in [0, 1), got {betas!r}; "
                             "the paper's defaults are betas=(0.9, 0.99)")
     if not _is_number(weight_decay) or not math.isfinite(weight_decay) or weight_decay < 0:
-        raise PriorlabError(f"Lion: weight_decay must be a finite number >= 0, "
-                            f"got {weight_decay!r}; use e.g. 3-10x the value you would give AdamW, or 0 to disable it")
+        raise PriorlabError(f"Lion: weight_decay must be a finite number >= 0, got {weight_decay!r}; "
+                            "use e.g. 3-10x the value you would give AdamW, or 0 to disable it")
     if foreach is not None and not isinstance(foreach, bool):
         raise PriorlabError(f"Lion: foreach must be None, True or False, got {foreach!r}")
+    check_nonfinite_policy(nonfinite, "Lion")
+
+
+def _check_group(group: dict) -> None:
+    _check_hyperparameters(group["lr"], group["betas"], group["weight_decay"], group["foreach"],
+                           group["nonfinite"])
 
 
 class Lion(Optimizer):
@@ -57,27 +69,40 @@ class Lion(Optimizer):
             parameters; ``None`` picks foreach when all parameters share one accelerator device
             type (CUDA, ...) and the loop on CPU, where it measured faster (its temporaries are
             allocated one at a time and reused). Both give the same numbers bit for bit.
+        nonfinite: what a step does when a gradient in a parameter group holds NaN or infinity:
+            ``"skip"`` (default) skips that group's update, state included, and warns with the
+            parameters' shapes; ``"raise"`` raises PriorlabError.
 
     State: one buffer per parameter, ``exp_avg`` (the momentum), half of AdamW's two.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, foreach: bool | None = None):
-        _check_hyperparameters(lr, betas, weight_decay, foreach)
+                 weight_decay: float = 0.0, *, foreach: bool | None = None, nonfinite: str = "skip"):
+        _check_hyperparameters(lr, betas, weight_decay, foreach, nonfinite)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                                      foreach=foreach))
+                                      foreach=foreach, nonfinite=nonfinite))
 
     def add_param_group(self, param_group: dict) -> None:
         # checked before the group joins, so a rejected group leaves the optimizer unchanged
-        settings = {**self.defaults, **param_group}
-        _check_hyperparameters(settings["lr"], settings["betas"], settings["weight_decay"],
-                               settings["foreach"])
+        _check_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state from :meth:`state_dict`, with the checks ``__init__`` makes; a state that
+        fails them (another optimiser's, a corrupt one) raises and leaves this one unchanged."""
+        check_loaded_state_dict(state_dict, self, "Lion", _check_group)
+        for index, entry in state_dict["state"].items():
+            if set(entry) != {"exp_avg"} or not isinstance(entry["exp_avg"], torch.Tensor):
+                raise PriorlabError(f"Lion.load_state_dict: parameter {index} must have the state "
+                                    f"{{'exp_avg': tensor}}, got keys {sorted(entry)}; is it "
+                                    "another optimizer's state?")
+        super().load_state_dict(state_dict)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("foreach", None)
+            group.setdefault("nonfinite", "skip")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
@@ -87,23 +112,25 @@ class Lion(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, exp_avgs = [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
                 if p.grad.is_sparse:
                     raise PriorlabError(
                         f"Lion does not support sparse gradients (parameter of shape "
                         f"{tuple(p.shape)}); use dense gradients, "
                         "e.g. nn.Embedding(..., sparse=False)")
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                params.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
             if not params:
                 continue
+            bad = nonfinite_gradients(params)
+            if bad:  # checked before any state is created, so a skipped step changes nothing
+                # frames above: this step, torch's no_grad and step-hook wrappers, the caller
+                handle_nonfinite(bad, group["nonfinite"], "Lion", stacklevel=5)
+                continue
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grads = [p.grad for p in params]
+            exp_avgs = [self.state[p]["exp_avg"] for p in params]
             foreach = group["foreach"]
             if foreach is None:
                 device_types = {p.device.type for p in params}

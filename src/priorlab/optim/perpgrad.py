@@ -13,16 +13,24 @@ parameter tensor and keeps the gradient's length::
     g     <- g_perp * ||g|| / (||g_perp|| + eps)        (eps = 1e-30, as the official code)
 
 then lets any optimiser (AdamW, SGD, ...) take its step with the projected gradient.
+
+A step whose gradients hold a NaN or an infinity is skipped with a warning before projecting
+(the projection would spread the NaN over the whole tensor), leaving weights and the base
+optimiser's state as they were; ``nonfinite="raise"`` raises instead.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 
 import torch
 
 from priorlab.errors import PriorlabError
+from priorlab.optim.checks import (check_loaded_state_dict, check_nonfinite_policy, handle_nonfinite,
+                                   nonfinite_gradients)
+from priorlab.validation import check_number
 
 DEFAULT_EPS = 1e-30
 
@@ -70,9 +78,13 @@ class PerpGrad(torch.optim.Optimizer):
     optimiser's, so learning-rate schedulers and checkpoints work as with the base alone.
     ``step(closure)`` evaluates the closure first (so the projection applies to the fresh
     gradients), projects, then steps the base optimiser.
+
+    ``nonfinite``: ``"skip"`` (default) skips a step whose gradients hold NaN or infinity, with a
+    warning naming the parameters' shapes; ``"raise"`` raises PriorlabError.
     """
 
-    def __init__(self, base_optimizer: torch.optim.Optimizer, eps: float = DEFAULT_EPS):
+    def __init__(self, base_optimizer: torch.optim.Optimizer, eps: float = DEFAULT_EPS, *,
+                 nonfinite: str = "skip"):
         if isinstance(base_optimizer, type):
             raise PriorlabError(f"PerpGrad wraps an optimizer instance, got the class "
                                 f"{base_optimizer.__name__}; pass e.g. "
@@ -87,6 +99,7 @@ class PerpGrad(torch.optim.Optimizer):
                                 "optimiser such as AdamW or SGD")
         self.base_optimizer = base_optimizer
         self.eps = _check_eps(eps)
+        self.nonfinite = check_nonfinite_policy(nonfinite, "PerpGrad")
         # Sets up torch's hook machinery; the groups are then shared with (not copied from) the base.
         super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
         self._share_base()
@@ -101,7 +114,12 @@ class PerpGrad(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        perp_grad_((p for group in self.param_groups for p in group["params"]), eps=self.eps)
+        params = [p for group in self.param_groups for p in group["params"]]
+        bad = nonfinite_gradients(params)
+        if bad:
+            handle_nonfinite(bad, self.nonfinite, "PerpGrad", stacklevel=4)  # the step's caller
+            return loss
+        perp_grad_(params, eps=self.eps)
         self.base_optimizer.step()
         return loss
 
@@ -112,15 +130,41 @@ class PerpGrad(torch.optim.Optimizer):
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load the base optimiser's state. Checked first (a rejected state leaves the optimiser
+        unchanged): groups must match, hold no other optimiser's hyperparameters, have a finite
+        lr >= 0, and state tensors must be finite."""
+        check_loaded_state_dict(state_dict, self.base_optimizer, "PerpGrad",
+                                _base_group_check(self.base_optimizer))
         self.base_optimizer.load_state_dict(state_dict)
         self._share_base()  # the base rebuilds its groups and state on load
 
     def __getstate__(self) -> dict:
-        return {"base_optimizer": self.base_optimizer, "eps": self.eps}
+        return {"base_optimizer": self.base_optimizer, "eps": self.eps, "nonfinite": self.nonfinite}
 
     def __setstate__(self, state: dict) -> None:  # copy.deepcopy and pickle
-        super().__setstate__({**state, "defaults": state["base_optimizer"].defaults})
+        super().__setstate__({"nonfinite": "skip", **state, "defaults": state["base_optimizer"].defaults})
         self._share_base()
 
     def __repr__(self) -> str:
-        return f"PerpGrad(eps={self.eps:g}, base={self.base_optimizer!r})"
+        return (f"PerpGrad(eps={self.eps:g}, nonfinite={self.nonfinite!r}, "
+                f"base={self.base_optimizer!r})")
+
+
+def _base_group_check(base: torch.optim.Optimizer) -> Callable[[dict], None]:
+    """Checks a loaded group with the base optimiser's own constructor, so a loaded state passes
+    exactly the checks its arguments would (e.g. AdamW's betas in [0, 1)), plus a finite lr."""
+    cls = type(base)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+    device = next((p.device for g in base.param_groups for p in g["params"]), torch.device("cpu"))
+
+    def check(group: dict) -> None:
+        for name in ("lr", "weight_decay"):
+            if name in group:
+                check_number(group[name], name, who="PerpGrad.load_state_dict", low=0)
+        try:
+            cls([torch.nn.Parameter(torch.zeros(1, device=device))],
+                **{k: v for k, v in group.items() if k in accepted})
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise PriorlabError(f"PerpGrad.load_state_dict: the state's settings fail "
+                                f"{cls.__name__}'s checks: {error}") from None
+    return check
