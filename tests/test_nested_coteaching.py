@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from priorlab.data.noise import symmetric_flip_noise, symmetric_noise
 from priorlab.errors import PriorlabError
 from priorlab.functional.coteaching import (
     coteaching_loss,
@@ -21,7 +22,6 @@ from priorlab.nn.nested_dropout import (
     nested_dropout_distribution,
 )
 from priorlab.registry import get
-
 
 
 # ---------------------------------------------------------------- nested dropout distribution
@@ -211,6 +211,57 @@ def test_forget_rate_schedule_is_numpy_linspace_then_constant():
     assert forget_rate_schedule(2, 0.5, num_gradual=3, exponent=2.0) == pytest.approx(0.25)
 
 
+def test_forget_rate_at_the_first_trained_epoch_of_each_official_loop():
+    # Han et al. train from schedule index 1: their first epoch forgets 0.4 / (5 - 1) = 0.1;
+    # Nested-Co-teaching uses index epochID - 1 = 0 for its first epoch: nothing forgotten
+    assert forget_rate_schedule(1, 0.4, num_gradual=5) == pytest.approx(0.1)
+    assert forget_rate_schedule(0, 0.4, num_gradual=5) == 0.0
+    assert forget_rate_schedule(1, 0.3, num_gradual=10) == pytest.approx(0.3 / 9)
+
+
+# ---------------------------------------------------------------- symmetric noise (official)
+
+def test_symmetric_flip_noise_never_keeps_the_true_label():
+    labels = torch.arange(10).repeat_interleave(torch.tensor([7, 13, 20, 1, 0, 9, 11, 5, 30, 4]))
+    for seed in range(5):
+        noisy, mask = symmetric_flip_noise(labels, 0.4, 10, seed=seed)
+        assert (noisy[mask] != labels[mask]).all()  # every flip lands on another class
+        assert torch.equal(noisy[~mask], labels[~mask])
+        for c in range(10):  # ceil(rate * n_c) flipped within each class, as the official loop
+            n_c = int((labels == c).sum())
+            assert int(mask[labels == c].sum()) == math.ceil(0.4 * n_c)
+    assert torch.equal(symmetric_flip_noise(labels, 0.4, 10, seed=3)[0],
+                       symmetric_flip_noise(labels, 0.4, 10, seed=3)[0])
+
+
+def test_symmetric_flip_noise_is_uniform_over_the_other_classes():
+    labels = torch.zeros(40_000, dtype=torch.long)
+    noisy, mask = symmetric_flip_noise(labels, 1.0, 5, seed=0)
+    assert bool(mask.all())
+    freq = torch.bincount(noisy, minlength=5).double() / labels.numel()
+    torch.testing.assert_close(freq, torch.tensor([0.0, 0.25, 0.25, 0.25, 0.25],
+                                                  dtype=torch.float64), atol=0.01, rtol=0)
+
+
+def test_symmetric_flip_noise_corrupts_more_than_the_redrawing_generator():
+    labels = torch.arange(10).repeat(300)
+    flipped = symmetric_flip_noise(labels, 0.4, 10, seed=0)[1].float().mean().item()
+    redrawn = symmetric_noise(labels, 0.4, 10, seed=0)[1].float().mean().item()
+    assert flipped == pytest.approx(0.4)
+    assert redrawn == pytest.approx(0.36, abs=0.02)  # 0.4 * 9/10: the true class is redrawn
+
+
+@pytest.mark.parametrize("call", [
+    lambda: symmetric_flip_noise(torch.tensor([0, 1, 2]), 0.5, 2),
+    lambda: symmetric_flip_noise(torch.tensor([0, 1]), 1.5, 2),
+    lambda: symmetric_flip_noise(torch.tensor([0.0, 1.0]), 0.5, 2),
+    lambda: symmetric_flip_noise(torch.tensor([0, 1]), 0.5, 1),
+])
+def test_symmetric_flip_noise_bad_input_raises(call):
+    with pytest.raises(PriorlabError):
+        call()
+
+
 @pytest.mark.parametrize("call", [
     lambda: num_remembered(10, 1.0),
     lambda: num_remembered(10, -0.1),
@@ -243,8 +294,38 @@ def test_claim_compares_the_combination_with_every_other_arm():
     from priorlab.reproductions.p041_nested_coteaching import CLAIM
     assert len(CLAIM.arms) == 10
     for noise in ("sym", "asym"):
-        baselines = {c.baseline for c in CLAIM.comparisons if c.method.endswith(f"_{noise}")}
-        assert baselines == {f"{m}_{noise}" for m in ("ce", "dropout", "nested", "coteaching")}
+        mine = [c for c in CLAIM.comparisons if c.method == f"nested_coteaching_{noise}"]
+        assert {c.baseline for c in mine} == {f"{m}_{noise}"
+                                              for m in ("ce", "dropout", "nested", "coteaching")}
+        assert all(c.card == "nested-coteaching" for c in mine)
+        nested = [c for c in CLAIM.comparisons if c.method == f"nested_{noise}"]
+        assert [(c.baseline, c.card) for c in nested] == [(f"ce_{noise}", "nested-dropout")]
+    named = {c.clause for c in CLAIM.comparisons} | {u.clause for u in CLAIM.untested}
+    assert named == set(CLAIM.clauses) and "" not in named
+    assert CLAIM.revision >= 2
+
+
+def test_full_tier_follows_the_official_stage_lengths_within_the_declared_budget():
+    from priorlab.reproductions.p041_nested_coteaching import CLAIM
+    full = CLAIM.tiers["full"]
+    assert full["finetune_epochs"] == 100  # co_teaching_resnet/run_cifar.sh --nbEpoch 100
+    # stage one: both phases at the same fraction of the official 43 + 350 epochs
+    assert full["warmup_epochs"] / full["epochs"] == pytest.approx(6000 / 140 / 350, rel=0.05)
+    total = full["warmup_epochs"] + full["epochs"] + full["finetune_epochs"]
+    assert CLAIM.budget.ours == total and CLAIM.budget.paper == 43 + 350 + 100
+    assert CLAIM.budget.under  # negative results must read as inconclusive, not refuted
+
+
+def test_schedule_warms_up_linearly_then_steps_down():
+    from priorlab.reproductions.p041_nested_coteaching import _Schedule
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = _Schedule([opt], lr=0.1, warmup_epochs=2, epochs=10, steps_per_epoch=4,
+                         milestones=(0.5, 0.8))
+    lrs = []
+    for epoch, step in [(0, 0), (0, 3), (0, 7), (0, 8), (4, 8), (5, 8), (8, 8)]:
+        schedule.set(epoch, step)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.1 / 8, 0.1 * 4 / 8, 0.1, 0.1, 0.1, 0.01, 0.001])
 
 
 def test_reproduction_smoke_every_arm():
@@ -256,12 +337,21 @@ def test_reproduction_smoke_every_arm():
         assert set(out.metrics) == {CLAIM.metric, *CLAIM.extra_metrics}, arm
         assert all(math.isfinite(v) for v in out.metrics.values()), arm
         assert 0.0 <= out.metrics["test_acc"] <= 1.0
+        assert out.resolution["test_acc"] == pytest.approx(1 / 360)
         curve = out.curves["val_acc"]
         assert len(curve["x"]) == len(curve["y"]) > 0
+        assert curve["x"][0] == cfg["warmup_epochs"] + 1  # no evaluation during the warm-up
+        assert out.info["best_epoch"] >= cfg["warmup_epochs"]
         if arm.startswith("nested"):  # the validated K compresses the 32-d feature
             assert 1 <= out.metrics["kept_channels"] <= 32
         else:
             assert out.metrics["kept_channels"] == 32
+    # the official symmetric generator: exactly the selected share is wrong (ceil per class)
+    assert outputs["ce_sym"].info["noise_rate"] >= cfg["sym_rate"]
+    # each method arm differs from its baseline at the same seed and data
+    for method, baseline in [("nested_coteaching", "coteaching"), ("nested_coteaching", "nested"),
+                             ("nested", "ce"), ("dropout", "ce")]:
+        assert (outputs[f"{method}_sym"].metrics != outputs[f"{baseline}_sym"].metrics), method
     _stage_one.cache_clear()  # deterministic from scratch, not only through the memo
     fresh = run("nested_coteaching_sym", cfg, seed=0)
     assert fresh.metrics == outputs["nested_coteaching_sym"].metrics

@@ -1,6 +1,7 @@
-"""Label-noise injection as the ELR code defines it (shengliu66/ELR, ELR/data_loader/cifar10.py).
+"""Label-noise injection as the ELR code defines it (shengliu66/ELR, ELR/data_loader/cifar10.py),
+plus the Nested-Co-teaching symmetric generator.
 
-Both functions return ``(noisy_labels, noise_mask)`` as torch tensors (int64, bool), where
+All functions return ``(noisy_labels, noise_mask)`` as torch tensors (int64, bool), where
 ``noise_mask`` marks the samples whose label *actually changed*. They are deterministic given
 ``seed`` and never modify their input.
 
@@ -10,6 +11,10 @@ Both functions return ``(noisy_labels, noise_mask)`` as torch tensors (int64, bo
   noise on 10 classes corrupts ~36% of the labels, 80% corrupts ~72%.
 - :func:`asymmetric_noise`: within each source class of a mapping, ``ceil(rate * n_class)``
   samples are relabelled to the mapped class (class-dependent, "realistic" confusions).
+- :func:`symmetric_flip_noise`: the Nested-Co-teaching generator
+  (yingyichen-cyy/Nested-Co-teaching, ``data/preprocess_sym_noise_cifar.py``): within each class,
+  ``ceil(rate * n_class)`` samples get a label drawn uniformly from the *other* classes, so
+  exactly those samples are wrong and the wrong-label fraction is ``rate`` (up to rounding).
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ def _check_rate(rate: float) -> float:
     return float(rate)
 
 
+def _check_num_classes(num_classes: int, clean: np.ndarray) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise PriorlabError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if clean.size and clean.max() >= num_classes:
+        raise PriorlabError(f"labels go up to {int(clean.max())} but num_classes is {num_classes}; "
+                            "pass the dataset's number of classes")
+
+
 def _n_selected(rate: float, n: int) -> int:
     # the official loop flips sample i of a random order while i < rate * n
     return min(n, math.ceil(rate * n))
@@ -73,15 +86,31 @@ def symmetric_noise(labels, rate: float, num_classes: int, seed: int = 0):
     """
     clean = _labels_array(labels)
     rate = _check_rate(rate)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise PriorlabError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if clean.size and clean.max() >= num_classes:
-        raise PriorlabError(f"labels go up to {int(clean.max())} but num_classes is {num_classes}; "
-                            "pass the dataset's number of classes")
+    _check_num_classes(num_classes, clean)
     rng = np.random.default_rng(seed)
     chosen = rng.permutation(clean.size)[:_n_selected(rate, clean.size)]
     noisy = clean.copy()
     noisy[chosen] = rng.integers(0, num_classes, size=chosen.size)
+    return _result(clean, noisy)
+
+
+def symmetric_flip_noise(labels, rate: float, num_classes: int, seed: int = 0):
+    """Flip ``ceil(rate * n_c)`` random samples of each class ``c`` to a uniformly drawn other class.
+
+    Unlike :func:`symmetric_noise`, a flipped label never equals the true one, so every selected
+    sample is corrupted and ``noise_mask`` marks exactly the selected samples.
+    """
+    clean = _labels_array(labels)
+    rate = _check_rate(rate)
+    _check_num_classes(num_classes, clean)
+    rng = np.random.default_rng(seed)
+    noisy = clean.copy()
+    for source in range(num_classes):
+        members = np.flatnonzero(clean == source)
+        chosen = rng.permutation(members)[:_n_selected(rate, members.size)]
+        # a draw from the num_classes - 1 other classes: skip over the true class
+        offset = rng.integers(0, num_classes - 1, size=chosen.size)
+        noisy[chosen] = offset + (offset >= source)
     return _result(clean, noisy)
 
 

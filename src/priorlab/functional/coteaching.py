@@ -14,6 +14,20 @@ As in Han et al.'s code (``loss.py``, ``main.py``) and the Nested-Co-teaching co
 (``co_teaching_resnet/loss.py``, ``main.py``): the number kept is ``int((1 - forget_rate) * N)``,
 the ranking uses the per-sample cross-entropy, and the schedule is
 ``linspace(0, forget_rate ** exponent, num_gradual)`` then ``forget_rate``.
+
+Two places where the two official codes differ; we follow Nested-Co-teaching (the paper under
+test), deliberately:
+
+- Which schedule entry the first epoch uses. Han et al. (bhanML/Co-teaching ``main.py``) train
+  epochs ``1 .. n_epoch - 1`` with ``rate_schedule[epoch]``, so their first trained epoch already
+  forgets ``forget_rate / (num_gradual - 1)``; Nested-Co-teaching trains epoch ``t`` with
+  ``rateSchedule[t - 1]``, so its first epoch forgets nothing. :func:`forget_rate_schedule` takes
+  the schedule index: pass ``t`` for Han et al.'s loop, ``t - 1`` for Nested-Co-teaching's.
+- The loss scale. Han et al.'s ``loss.py`` returns ``sum(mean cross-entropy) / num_remember``,
+  dividing by the kept count twice. They train with Adam, which is invariant to a constant loss
+  scale (up to its epsilon), so there it changes almost nothing; under SGD (Nested-Co-teaching,
+  whose ``loss.py`` returns the plain mean) it would cut the step size by the kept count (~40-120
+  in a batch of 64-320). :func:`coteaching_loss` returns the plain mean.
 """
 
 from __future__ import annotations
@@ -103,7 +117,9 @@ def forget_rate_schedule(epoch: int, forget_rate: float, num_gradual: int = 10,
     it), then ``forget_rate``. ``num_gradual = 0`` uses ``forget_rate`` from the start.
 
     Han et al. use ``num_gradual = 10`` (of 200 epochs); the Nested-Co-teaching code 5 (of 30)
-    when training from scratch and 0 when fine-tuning.
+    when training from scratch and 0 when fine-tuning. ``epoch`` is the index into the official
+    ``rate_schedule`` array: Han et al.'s first trained epoch is index 1 (``forget_rate /
+    (num_gradual - 1)``), Nested-Co-teaching's is index 0 (nothing forgotten).
     """
     forget_rate = _check_forget_rate(forget_rate)
     for name, value in (("epoch", epoch), ("num_gradual", num_gradual)):
