@@ -32,9 +32,10 @@ class Budget:
     """How long the paper trains and how long we do, in one unit (epochs, steps, iterations).
 
     A negative result obtained with ``ours < paper`` is reported as "inconclusive (under the
-    paper's budget ...)", never as "not reproduced". ``paper=None`` means the paper does not
-    report it; a negative result is then reported as not reproduced only if ``note`` says why
-    our budget is at least comparable.
+    paper's budget ...)", never as "not reproduced". When only a lower bound of the paper's
+    budget is known, give the bound and say so in ``note``; ``paper=None`` is for papers with no
+    training budget to speak of (theory, or runs that end at a reached minimum) — ``note`` says
+    why ours is comparable.
     """
 
     unit: str
@@ -53,8 +54,10 @@ class Budget:
         return self.paper is not None and self.ours < self.paper
 
     def describe(self) -> str:
-        paper = "not reported" if self.paper is None else f"{self.paper:,g} {self.unit}"
-        return f"ours {self.ours:,g} {self.unit}, paper {paper}"
+        def number(x: float) -> str:
+            return f"{x:,.0f}" if float(x).is_integer() else f"{x:,g}"
+        paper = "not reported" if self.paper is None else f"{number(self.paper)} {self.unit}"
+        return f"ours {number(self.ours)} {self.unit}, paper {paper}"
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,8 @@ class Claim:
         if stray:
             raise PriorlabError(f"claim of paper {self.seed_id} names clause(s) {sorted(stray)} that "
                                 f"are not in clauses={list(self.clauses)}")
-        missing = ({a for c in self.comparisons for a in c.arms} | {b.arm for b in self.bounds}) - set(self.arms)
+        used = {a for c in self.comparisons for a in c.arms} | {b.arm for b in self.bounds}
+        missing = used - set(self.arms)
         if missing:
             raise PriorlabError(
                 f"claim of paper {self.seed_id} compares arm(s) {sorted(missing)} that it does not "
