@@ -178,3 +178,60 @@ def test_priorlab_optimizers_step_with_a_closure():
         loss = opt.step(closure)
         assert torch.is_tensor(loss) and math.isfinite(float(loss.detach()))
         assert not torch.equal(before, model.weight)
+
+
+class _Penalty(Adapter):
+    """A named extra loss term, so the logger must carry more than 'task'."""
+
+    def loss_terms(self, ctx):
+        return {"l2": 1e-3 * sum((p ** 2).sum() for p in ctx.model.parameters())}
+
+
+def test_a_callable_logger_gets_every_loss_term_and_metric_per_epoch_and_step():
+    model, batch, opt = _problem()
+    records = []
+    history = _fit(model, [batch, batch, batch], opt, epochs=4, eval_every=2, adapters=[_Penalty()],
+                   evaluate=lambda m: {"eval/loss": F.cross_entropy(m(batch[0]), batch[1])},
+                   logger=lambda name, value, step: records.append((name, value, step)), log_steps=True)
+    per_epoch = [r for r in records if not r[0].startswith("step/")]
+    for name in ("loss/task", "loss/l2"):
+        assert [(v, s) for n, v, s in per_epoch if n == name] == list(zip(history[name], [1, 2, 3, 4]))
+    assert [(v, s) for n, v, s in per_epoch if n == "eval/loss"] == list(zip(history["eval/loss"], [2, 4]))
+    task_steps = [(v, s) for n, v, s in records if n == "step/loss/task"]
+    assert [s for _, s in task_steps] == list(range(1, 13))  # 3 steps x 4 epochs, steps done
+    assert sum(v for v, _ in task_steps[:3]) / 3 == pytest.approx(history["loss/task"][0])
+    assert {n for n, _, _ in records} == {"loss/task", "loss/l2", "eval/loss", "step/loss/task",
+                                          "step/loss/l2"}
+
+
+def test_without_log_steps_only_epoch_values_are_logged_and_the_history_is_unchanged():
+    records = []
+    model, batch, opt = _problem()
+    logged = _fit(model, [batch], opt, epochs=2, logger=lambda *record: records.append(record))
+    model, batch, opt = _problem()
+    assert logged == _fit(model, [batch], opt, epochs=2)
+    assert [(n, s) for n, _, s in records] == [("loss/task", 1), ("loss/task", 2)]
+
+
+@pytest.mark.parametrize("logger", ["tb", 3])
+def test_a_logger_that_is_neither_a_writer_nor_callable_is_refused(logger):
+    model, batch, opt = _problem()
+    with pytest.raises(PriorlabError, match="logger must be a TensorBoard SummaryWriter"):
+        _fit(model, [batch], opt, logger=logger)
+
+
+def test_a_tensorboard_summary_writer_receives_the_curves(tmp_path):
+    tensorboard = pytest.importorskip("torch.utils.tensorboard")
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    model, batch, opt = _problem()
+    writer = tensorboard.SummaryWriter(log_dir=str(tmp_path))
+    history = _fit(model, [batch, batch], opt, epochs=3, adapters=[_Penalty()], logger=writer,
+                   evaluate=lambda m: {"eval/acc": (m(batch[0]).argmax(1) == batch[1]).float().mean()})
+    writer.close()
+    events = event_accumulator.EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"loss/task", "loss/l2", "eval/acc"}
+    for name in ("loss/task", "loss/l2", "eval/acc"):
+        scalars = events.Scalars(name)
+        assert [e.step for e in scalars] == [1, 2, 3]
+        assert [e.value for e in scalars] == pytest.approx(history[name], rel=1e-6)

@@ -22,7 +22,8 @@ from priorlab.validation import check_number
 def fit(model: nn.Module, batches: Callable[[], Iterable] | Iterable, optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, epochs: int = 1,
         adapters: Sequence[Adapter] = (), evaluate: Callable[[nn.Module], dict] | None = None,
-        eval_every: int = 1, show_progress: bool = True) -> dict[str, list[float]]:
+        eval_every: int = 1, show_progress: bool = True, logger=None,
+        log_steps: bool = False) -> dict[str, list[float]]:
     """Train ``model`` and return its history.
 
     ``batches`` is an iterable re-iterated each epoch (a list, a DataLoader) or a function
@@ -30,11 +31,18 @@ def fit(model: nn.Module, batches: Callable[[], Iterable] | Iterable, optimizer:
     (``loss/<name>``) and, every ``eval_every`` epochs, what ``evaluate(model)`` returns, with an
     ``epoch`` list beside it. A NaN or infinite loss term stops training with a PriorlabError
     naming the epoch and step.
+
+    ``logger`` receives the same numbers as the history while training runs: a TensorBoard
+    ``SummaryWriter`` (anything with ``add_scalar``) or a callable ``(name, value, step)``. Each
+    epoch sends ``loss/<name>`` and every evaluation metric with ``step`` = epochs done; with
+    ``log_steps=True`` each optimiser step also sends ``step/loss/<name>`` with ``step`` = steps
+    done (a separate name, since the two count different things).
     """
     epochs = check_number(epochs, "epochs", who="fit", low=1, integer=True)
     eval_every = check_number(eval_every, "eval_every", who="fit", low=1, integer=True,
                               hint="evaluate every N epochs with eval_every=N (1 = every epoch)")
     _check_arguments(model, batches, optimizer, loss_fn, epochs, adapters)
+    log = _scalar_sink(logger)
     for adapter in adapters:
         model = adapter.setup(model, optimizer)
     _check_optimizer_holds_parameters(model, optimizer)
@@ -68,19 +76,29 @@ def fit(model: nn.Module, batches: Callable[[], Iterable] | Iterable, optimizer:
                 sums[name] += value
             n_batches += 1
             ctx.step += 1
+            if log_steps and log is not None:
+                for name, value in values.items():
+                    log(f"step/loss/{name}", value, ctx.step)
         if n_batches == 0:
             raise PriorlabError(_no_batch_message(epoch))
         for adapter in adapters:
             adapter.on_epoch_end(ctx)
-        for name, total in sums.items():
-            history[f"loss/{name}"].append(total / n_batches)
-        if evaluate is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+        epoch_log = {f"loss/{name}": total / n_batches for name, total in sums.items()}
+        evaluated = evaluate is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
+        if evaluated:
             model.eval()
             with torch.no_grad():
                 scores = evaluate(model)
-            _record_scores(history, scores)
-            history["epoch"].append(epoch + 1)
+            epoch_log.update(_checked_scores(scores))
             model.train()
+        for name, value in epoch_log.items():
+            history[name].append(value)
+            if log is not None:
+                log(name, value, epoch + 1)
+        if evaluated:
+            history["epoch"].append(epoch + 1)
+    if hasattr(logger, "flush"):
+        logger.flush()
     return dict(history)
 
 
@@ -145,20 +163,35 @@ def _no_batch_message(epoch: int) -> str:
             "re-iterable such as a list or a DataLoader")
 
 
-def _record_scores(history: dict, scores) -> None:
+def _scalar_sink(logger) -> Callable[[str, float, int], None] | None:
+    """``logger`` as one function ``(name, value, step)``: a SummaryWriter's add_scalar, or the
+    callable itself."""
+    if logger is None:
+        return None
+    if callable(getattr(logger, "add_scalar", None)):
+        return logger.add_scalar
+    if callable(logger):
+        return logger
+    raise PriorlabError(f"fit: logger must be a TensorBoard SummaryWriter (anything with add_scalar) "
+                        f"or a callable (name, value, step), got {type(logger).__name__}")
+
+
+def _checked_scores(scores) -> dict[str, float]:
     if not isinstance(scores, dict):
         raise PriorlabError(f"fit: evaluate(model) must return a dict of name -> number, got "
                             f"{type(scores).__name__}")
+    checked = {}
     for name, value in scores.items():
         if not isinstance(name, str) or name == "epoch" or name.startswith("loss/"):
             raise PriorlabError(f"fit: evaluate returned the key {name!r}, which would mix with the "
                                 "training history ('epoch', 'loss/...'); rename it, e.g. "
                                 f"'eval/{name}'")
         try:
-            history[name].append(float(value))
+            checked[name] = float(value)
         except (TypeError, ValueError, RuntimeError):
             raise PriorlabError(f"fit: evaluate returned {name!r} = {value!r}, which is not a "
                                 "number") from None
+    return checked
 
 
 class SchedulerStep(Adapter):

@@ -22,6 +22,8 @@ class ELR(Adapter):
     The cross-entropy with the noisy labels is the loop's own task loss.
     """
 
+    ddp_safe = False  # each process would update only its own shard's rows of the per-sample buffer
+
     def __init__(self, num_samples: int, num_classes: int, lam: float = 3.0, beta: float = 0.7):
         for name, value, low in (("num_samples", num_samples, 1), ("num_classes", num_classes, 2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -29,6 +29,8 @@ class PSKD(Adapter):
     ``T = total_epochs``. Use it with ``loss_fn=F.cross_entropy``.
     """
 
+    ddp_safe = False  # each process would update only its own shard's rows of the per-sample buffer
+
     def __init__(self, num_samples: int, num_classes: int, total_epochs: int,
                  alpha_T: float = 0.8):
         for name, value, low in (("num_samples", num_samples, 1), ("num_classes", num_classes, 2),
