@@ -213,7 +213,8 @@ def test_scheduler_step_runs_per_step_or_per_epoch_and_shuffled_batches_cover_on
     assert [len(b) for b in shuffled_batches(10, 4, gen, drop_last=True)] == [4, 4]
 
 
-def test_replication_on_fresh_seeds_runs_them_apart_and_prints_both_verdicts(fake, tmp_path, capsys, monkeypatch):
+def test_replication_on_fresh_seeds_runs_apart_and_prints_both_verdicts(fake, tmp_path, capsys,
+                                                                         monkeypatch):
     monkeypatch.setenv("PRIORLAB_RESULTS", str(tmp_path / "committed"))
     assert main(["-q", "reproduce", "fake-method", "--tier", "full", "--results",
                  str(tmp_path / "committed")]) == 0
@@ -235,8 +236,8 @@ def test_result_reader_refuses_what_the_writer_never_writes(fake, tmp_path, muta
     if mutation == "non_utf8":
         path.write_bytes(b'{"metrics": "\xff\xfe"}')
     else:
-        record["metrics"]["acc"] = {"null_metric": None, "string_metric": "0.9", "nan_metric": float("nan")}.get(
-            mutation, record["metrics"]["acc"])
+        bad = {"null_metric": None, "string_metric": "0.9", "nan_metric": float("nan")}
+        record["metrics"]["acc"] = bad.get(mutation, record["metrics"]["acc"])
         if mutation == "bool_seed":
             record["seed"] = True
         path.write_text(json.dumps(record))

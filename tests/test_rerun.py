@@ -29,7 +29,8 @@ def test_a_committed_full_tier_run_reproduces(tmp_path):
               config_hash(claim, ARM, "full", SEED), tmp_path / "rerun.json")
     assert job.config_hash == stored["config_hash"], "the committed result is stale: rerun the full tier"
     fresh = execute(job)
-    same_machine = all(stored["versions"].get(k) == environment()[k] for k in ("cpu", "blas", "torch", "numpy"))
+    same_machine = all(stored["versions"].get(k) == environment()[k]
+                       for k in ("cpu", "blas", "torch", "numpy"))
     for name, value in stored["metrics"].items():
         if same_machine:
             assert fresh["metrics"][name] == value, name

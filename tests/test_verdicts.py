@@ -91,7 +91,8 @@ def test_negative_result_under_the_papers_budget_is_inconclusive():
     claim = _claim(comparisons=(_claim().comparisons[0],
                                 dataclasses.replace(_claim().comparisons[1], budget=short)))
     s = summarise(claim, _records(values), "full", 3)
-    assert s["cards"]["m2-card"] == "inconclusive (under the paper's budget: ours 4,000 epochs, paper 80,000 epochs)"
+    assert s["cards"]["m2-card"] == ("inconclusive (under the paper's budget: ours 4,000 epochs, "
+                                     "paper 80,000 epochs)")
     full = dataclasses.replace(claim, comparisons=_claim().comparisons, budget=Budget("epochs", 80000, 80000))
     assert summarise(full, _records(values), "full", 3)["cards"]["m2-card"] == NOT_REPRODUCED
 
@@ -101,7 +102,8 @@ def test_an_arm_tuned_at_its_grid_edge_makes_the_comparison_inconclusive():
     edge = {"m1": {"lr": {"grid": [1e-3, 3e-3, 1e-2], "selected": 1e-2}},
             "m2": {"lr": {"grid": [1e-3, 3e-3, 1e-2], "selected": 3e-3}}}
     s = summarise(_claim(), _records(values, tuning=edge), "full", 3)
-    assert s["cards"]["m1-card"].startswith(INCONCLUSIVE) and "grid edge in 3/3 seeds" in s["cards"]["m1-card"]
+    m1 = s["cards"]["m1-card"]
+    assert m1.startswith(INCONCLUSIVE) and "grid edge in 3/3 seeds" in m1
     assert s["cards"]["m2-card"] == REPRODUCED
 
 
@@ -151,7 +153,8 @@ def test_lock_freezes_the_declaration_until_a_revision_with_a_reason(tmp_path):
     with pytest.raises(PriorlabError, match="older"):
         check(claim, read_lock(tmp_path, claim))
     # the smoke tier checks plumbing: it may change without a revision
-    check(dataclasses.replace(revised, tiers={"smoke": {"x": 1}, "full": {"n": 1}}), read_lock(tmp_path, claim))
+    smoke_changed = dataclasses.replace(revised, tiers={"smoke": {"x": 1}, "full": {"n": 1}})
+    check(smoke_changed, read_lock(tmp_path, claim))
 
 
 def test_corrupt_lock_is_named(tmp_path):

@@ -119,7 +119,8 @@ def _test_line(t: dict) -> str:
     ci = "–" if t["ci_low"] is None else f"[{t['ci_low']:.4g}, {t['ci_high']:.4g}]"
     effect = "–" if t["effect"] is None else f"{t['effect']:+.4g}"
     verdict = t["verdict"] + (f" ({t['reason']})" if t["reason"] else "")
-    return f"{t['label']} ({t['metric']}, {t['kind']}): effect {effect}, 95% CI {ci}, {t['n']} seeds -> {verdict}"
+    return (f"{t['label']} ({t['metric']}, {t['kind']}): effect {effect}, 95% CI {ci}, "
+            f"{t['n']} seeds -> {verdict}")
 
 
 def render_card(card: MethodCard) -> str:

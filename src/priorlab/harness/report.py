@@ -83,7 +83,8 @@ def _history(results: Path, claim) -> tuple | None:
     rows = []
     for h in lock["history"]:
         existed = {True: "yes", False: "no", None: "unknown"}[h.get("results_existed")]
-        changed = ", ".join(h["changed"]) if h.get("changed") else ("–" if h.get("changed") is None else "none")
+        changed = h.get("changed")
+        changed = "–" if changed is None else (", ".join(changed) or "none")
         rows.append([str(h["revision"]), h["reason"] + (f" ({h['note']})" if h.get("note") else ""),
                      changed, existed, (h.get("commit") or "–")[:12]])
     return ("table", ["revision", "reason", "fields changed", "full results existed", "commit"], rows)
@@ -142,8 +143,9 @@ def _sections(results: Path, out: Path) -> tuple[list, list[dict]]:
             blocks.append(("p", "**Claim history** (the lock `claim.lock.json` beside the results):"))
             blocks.append(history)
         versions = "; ".join(", ".join(f"{k} {v}" for k, v in vs.items()) for vs in s["versions"])
+        commits = ", ".join(c[:12] + ("+dirty" if c.endswith("+dirty") else "") for c in s["git_commits"])
         blocks.append(("p", f"Runs: {s['runs']}/{s['expected_runs']}, total run time {s['wall_time_s']} s; "
-                            f"commits: {', '.join(c[:12] + ('+dirty' if c.endswith('+dirty') else '') for c in s['git_commits'])}; "
+                            f"commits: {commits}; "
                             f"{versions}. Effects are method minus baseline, signed so that positive "
                             "favours the method; intervals are paired 95% t-intervals over seeds, "
                             "never narrower than the metric's resolution. Rerun: "
@@ -212,7 +214,8 @@ def _html(blocks) -> str:
             body.append(f"<p>{_inline_md(b[1])}</p>")
         elif b[0] == "table":
             head = "".join(f"<th>{html.escape(h)}</th>" for h in b[1])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in b[2])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                           for row in b[2])
             body.append(f"<table><tr>{head}</tr>{rows}</table>")
         elif b[0] == "img":
             data = base64.b64encode(Path(b[1]).read_bytes()).decode()
