@@ -382,3 +382,29 @@ def test_claim_declares_clauses_cards_budget_and_revision():
     assert named | {u.clause for u in claim.untested} == set(claim.clauses)
     assert claim.budget.unit == "epochs" and claim.budget.ours == (
         claim.tiers["full"]["backslash_epochs"] + claim.tiers["full"]["finetune_epochs"])
+
+
+# ------------------------------------------------------------------ issue 16: no silent NaN/inf
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_backslash_penalty_refuses_nonfinite_weights(bad):
+    # the penalty came back NaN/inf without a word
+    weights = [torch.ones(3), torch.tensor([1.0, bad])]
+    with pytest.raises(PriorlabError, match=r"^backslash_penalty: params\[1\] contains"):
+        backslash_penalty(weights, 1e-3, 1.5)
+
+
+def test_backslash_penalty_refuses_an_overflowing_penalty():
+    with pytest.raises(PriorlabError, match=r"^backslash_penalty: the penalty of params overflows"):
+        backslash_penalty([torch.full((3,), 1e30)], 1e-3, 1.5)
+    assert torch.isfinite(backslash_penalty([torch.full((3,), 1e30).double()], 1e-3, 1.5))
+
+
+@pytest.mark.parametrize("params, named", [
+    (1.5, "params must be a tensor or a list"),
+    ([], "params holds no tensors"),
+    ([torch.ones(2), torch.ones(2, dtype=torch.long)], r"params\[1\] must have dtype float"),
+])
+def test_backslash_penalty_errors_name_params(params, named):
+    with pytest.raises(PriorlabError, match=rf"^backslash_penalty: {named}"):
+        backslash_penalty(params, 1e-3, 1.5)

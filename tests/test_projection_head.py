@@ -91,3 +91,45 @@ def test_reproduction_smoke_all_arms():
     # the supcon loss fell during training
     y = out.curves["supcon_loss"]["y"]
     assert y[-1] < y[0]
+
+
+# ------------------------------------------------------------------ issue 16: no silent NaN/inf
+
+def test_supcon_empty_batch_error_names_features():
+    with pytest.raises(PriorlabError, match=r"^supcon_loss: features must hold at least two"):
+        supcon_loss(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+
+
+def test_supcon_direction_survives_extreme_feature_magnitudes():
+    # F.normalize squares the entries: features of 1e30 came back as zero vectors (loss log 3
+    # whatever the features), features of 1e-30 likewise
+    g = torch.Generator().manual_seed(0)
+    features, labels = torch.randn(6, 2, 5, generator=g), torch.tensor([0, 1, 0, 1, 2, 2])
+    reference = supcon_loss(features, labels)
+    for scale in (1e30, 1e-30):
+        assert torch.allclose(supcon_loss(features * scale, labels), reference, atol=1e-5)
+
+
+def test_l2_normalize_is_bit_identical_to_f_normalize_on_ordinary_inputs():
+    from priorlab.functional.contrastive import l2_normalize
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 7, generator=g) * torch.rand(200, 1, generator=g) * 100
+    assert torch.equal(l2_normalize(x), F.normalize(x, dim=-1))
+    assert torch.equal(l2_normalize(torch.zeros(2, 3).half()), torch.zeros(2, 3).half())
+
+
+def test_spectral_loss_refuses_embeddings_that_overflow_it():
+    # the loss grows like |z|^4: 1e30 in float32 gave inf; float64 holds the true value
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    with pytest.raises(PriorlabError, match=r"^spectral_contrastive_loss: z1 and z2 are too large"):
+        spectral_contrastive_loss(z1 * 1e30, z2 * 1e30)
+    exact = spectral_contrastive_loss(z1.double() * 1e30, z2.double() * 1e30)
+    assert torch.isfinite(exact) and exact > 1e110
+
+
+def test_spectral_loss_errors_name_z1_and_z2():
+    with pytest.raises(PriorlabError, match=r"^spectral_contrastive_loss: z1 and z2 need at least 2"):
+        spectral_contrastive_loss(torch.randn(1, 3), torch.randn(1, 3))
+    with pytest.raises(PriorlabError, match=r"^spectral_contrastive_loss: z1 and z2 must have one"):
+        spectral_contrastive_loss(torch.randn(2, 3).half(), torch.randn(2, 3))

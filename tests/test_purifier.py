@@ -195,3 +195,51 @@ def test_card_usage_runs():
     namespace = {}
     exec(get("quantised-purifier").usage, namespace)
     assert namespace["x_adaptive"].shape == namespace["x"].shape
+
+
+# ------------------------------------------------------------------ issue 16: no silent NaN/inf
+
+def _loss_inputs(batch=2):
+    g = torch.Generator().manual_seed(0)
+    return dict(x=torch.rand(batch, 6, generator=g), reconstruction=torch.rand(batch, 6, generator=g),
+                mu=torch.randn(batch, 3, generator=g), logvar=torch.randn(batch, 3, generator=g))
+
+
+@pytest.mark.parametrize("name, value", [
+    ("x", float("nan")), ("reconstruction", float("inf")), ("mu", float("nan")),
+    ("logvar", float("inf")),
+])
+def test_purifier_loss_refuses_nonfinite_inputs(name, value):
+    # they gave a NaN/inf loss silently
+    kwargs = _loss_inputs()
+    kwargs[name] = kwargs[name].clone()
+    kwargs[name][0, 0] = value
+    with pytest.raises(PriorlabError, match=rf"^purifier_loss: {name} contains 1 NaN|^purifier_loss: "
+                                            rf"{name} contains 0 NaN"):
+        purifier_loss(**kwargs)
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda kw: _loss_inputs(batch=0), "x is empty"),
+    (lambda kw: dict(kw, logvar=kw["logvar"][:, :2]), "logvar must have shape"),
+    (lambda kw: dict(kw, reconstruction=(kw["reconstruction"] > 0.5).long()),
+     "reconstruction must have dtype"),
+    (lambda kw: dict(kw, x=-kw["x"]), r"x must lie in \[0, 1\]"),
+    (lambda kw: dict(kw, logvar=kw["logvar"] + 1e3), "the KL term of mu and logvar overflows"),
+])
+def test_purifier_loss_bad_inputs_name_the_argument(change, named):
+    # an empty batch, mismatched mu/logvar, an integer reconstruction raised raw torch errors;
+    # negative pixels or a huge logvar gave a meaningless or infinite loss
+    with pytest.raises(PriorlabError, match=rf"^purifier_loss: {named}"):
+        purifier_loss(**change(_loss_inputs()))
+
+
+@pytest.mark.parametrize("z, named", [
+    ([0.2, 0.7], "z must be a torch.Tensor"),
+    (torch.tensor([0.2, 0.7], dtype=torch.complex64), "z must have dtype float"),
+    (torch.tensor([float("nan"), 0.7]), "z contains NaN"),
+])
+def test_uniform_quantise_bad_z_is_named(z, named):
+    # a list gave TypeError, complex NotImplementedError, NaN came back as NaN
+    with pytest.raises(PriorlabError, match=rf"^uniform_quantise: {named}"):
+        uniform_quantise(z, 0.5)

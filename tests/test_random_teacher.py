@@ -166,3 +166,20 @@ def test_claim_declares_official_defaults_and_covers_every_clause():
     full = claim.tiers["full"]
     assert full["head_init"] == "trunc_normal" and full["last_weight_norm"] is False
     assert full["var_preserving"] is False
+
+
+# ------------------------------------------------------------------ issue 16: no silent NaN
+
+def test_distillation_loss_refuses_an_empty_batch():
+    # the mean over no rows was NaN
+    with pytest.raises(PriorlabError, match=r"^distillation_loss: student_logits is empty"):
+        distillation_loss(torch.zeros(0, 5), torch.zeros(0, 5))
+
+
+def test_distillation_loss_refuses_logits_that_overflow_their_temperature():
+    # float16 logits of 5e3 over tau 0.04 are inf, and softmax(inf) is NaN
+    student = torch.randn(2, 3).half()
+    teacher = torch.tensor([[5e3, 0.0, 0.0], [0.0, 1.0, 2.0]]).half()
+    with pytest.raises(PriorlabError, match=r"^distillation_loss: teacher_logits / tau_t contains"):
+        distillation_loss(student, teacher, tau_s=0.1, tau_t=0.04)
+    assert torch.isfinite(distillation_loss(student.float(), teacher.float(), 0.1, 0.04))

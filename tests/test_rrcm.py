@@ -200,3 +200,74 @@ def test_consistency_finetune_does_not_collapse_on_digits():
         pred = model(noisy).argmax(1)
     assert float((pred == data.y_val).float().mean()) > 0.5
     assert pred.bincount(minlength=10).max() < 0.3 * len(pred)
+
+
+# ------------------------------------------------------------------ issue 16: bad input, NaN gradients
+
+@pytest.mark.parametrize("query, key, named", [
+    (None, torch.rand(3, 4), "query"),
+    (torch.rand(3, 4), 1.5, "key"),
+    (torch.rand(3, 4).numpy(), torch.rand(3, 4), "query"),
+    (torch.rand(3, 4) > 0.5, torch.rand(3, 4), "query"),
+    (torch.rand(3, 4), torch.rand(3, 4, dtype=torch.complex64), "key"),
+    (torch.rand(3, 4), torch.rand(3, 4, dtype=torch.float64), "query and key"),
+    (torch.full((3, 4), float("nan")), torch.rand(3, 4), "query"),
+])
+def test_info_nce_checks_its_inputs(query, key, named):
+    # None/float gave AttributeError, numpy TypeError, bool/complex/mixed dtypes torch errors
+    with pytest.raises(PriorlabError, match=rf"^info_nce: {named} "):
+        info_nce(query, key, 0.2)
+
+
+def test_info_nce_extreme_magnitudes_keep_their_direction():
+    # F.normalize turned rows of 1e30 into zeros: every loss was log(batch)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    assert torch.allclose(info_nce(q * 1e30, k * 1e-30), info_nce(q, k), atol=1e-6)
+    with pytest.raises(PriorlabError, match=r"^info_nce: tau "):
+        info_nce(q, k, 1e-300)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(logits=[torch.zeros(0, 3), torch.zeros(0, 3)]), "logits"),
+    (dict(logits=[torch.rand(2, 3), torch.rand(2, 3)], lbd=torch.tensor([0.5, 0.5])), "lbd"),
+    (dict(logits=[torch.rand(2, 3), torch.rand(2, 3)], eta="0.5"), "eta"),
+    (dict(logits=[torch.rand(2, 3).numpy(), torch.rand(2, 3)]), "logits"),
+    (dict(logits=[torch.rand(2, 3), torch.rand(2, 3).double()]), "logits"),
+])
+def test_noise_consistency_loss_checks_its_inputs(kwargs, named):
+    # an empty batch gave NaN, the others raw torch errors / AttributeError
+    with pytest.raises(PriorlabError, match=rf"^noise_consistency_loss: {named}"):
+        noise_consistency_loss(**kwargs)
+
+
+def _noise_consistency_before_issue_16(logits, lbd, eta):
+    # the former direct formula (F.kl_div on the averaged softmax; its target gradient is
+    # log(target) + 1 = -inf where a probability underflows)
+    avg = sum(torch.softmax(lg, dim=1) for lg in logits) / len(logits)
+    kl = sum(torch.nn.functional.kl_div(torch.log_softmax(lg, dim=1), avg, reduction="none").sum(1)
+             for lg in logits) / len(logits)
+    entropy = -(avg * torch.log(avg.clamp(min=1e-20))).sum(1)
+    return (lbd * kl + eta * entropy).mean()
+
+
+def test_noise_consistency_log_space_form_matches_the_direct_one_on_ordinary_logits():
+    g = torch.Generator().manual_seed(0)
+    for m in (2, 3, 4):
+        logits = [(torch.randn(8, 10, generator=g) * 3).requires_grad_() for _ in range(m)]
+        new = noise_consistency_loss(logits, 20.0, 0.5)
+        new_grads = torch.autograd.grad(new, logits)
+        old = _noise_consistency_before_issue_16(logits, 20.0, 0.5)
+        old_grads = torch.autograd.grad(old, logits)
+        assert float(new.detach()) == pytest.approx(float(old.detach()), rel=1e-6)
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(new_grads, old_grads))
+
+
+def test_noise_consistency_gradients_stay_finite_for_large_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = [(torch.randn(4, 3, generator=g) * 1e4).requires_grad_() for _ in range(2)]
+    old = _noise_consistency_before_issue_16(logits, 20.0, 0.5)
+    assert not all(torch.isfinite(gr).all() for gr in torch.autograd.grad(old, logits))  # the bug
+    new = noise_consistency_loss(logits, 20.0, 0.5)
+    assert float(new.detach()) == pytest.approx(float(old.detach()), rel=1e-6)
+    assert all(torch.isfinite(gr).all() for gr in torch.autograd.grad(new, logits))

@@ -206,3 +206,99 @@ def test_reproduction_smoke_runs_every_arm():
     assert outs[repro.BAR_ARM].metrics["svm_cosine"] == repro.PAPER_BAR
     with pytest.raises(PriorlabError):
         repro.run("W_to_frob", cfg, seed=0)
+
+
+# ------------------------------------------------------------------ issue 16: named errors, NaN gradients
+
+def test_direction_cosine_shape_error_names_a_and_b():
+    with pytest.raises(PriorlabError, match=r"^direction_cosine: a and b must have one shape"):
+        direction_cosine(torch.ones(2, 2), torch.ones(3))
+
+
+def test_direction_cosine_extreme_magnitudes():
+    # the norms' product overflowed float64 (cosine 0) or underflowed to a "zero tensor"
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    assert direction_cosine(a * 1e200, b * 1e200) == pytest.approx(direction_cosine(a, b), rel=1e-12)
+    assert direction_cosine(a * 1e-200, b * 1e-200) == pytest.approx(direction_cosine(a, b), rel=1e-12)
+
+
+def _normalized_gd_after_two_steps(**kwargs):
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))]
+    optimizer = NormalizedGD(params, lr=0.1, **kwargs)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    return params, optimizer
+
+
+def test_normalized_gd_skips_a_nonfinite_gradient_with_a_warning():
+    # the weights turned NaN
+    params, optimizer = _normalized_gd_after_two_steps()
+    before = [p.detach().clone() for p in params]
+    params[0].grad[1] = float("nan")
+    with pytest.warns(RuntimeWarning, match="NormalizedGD: NaN or infinite gradient .* skipped") as caught:
+        optimizer.step()
+    assert caught[0].filename == __file__  # points at the caller's step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    params[0].grad = torch.ones(3)
+    optimizer.step()
+    assert torch.allclose(params[0], before[0] - 0.1 / math.sqrt(3))
+
+
+def test_normalized_gd_can_raise_on_a_nonfinite_gradient():
+    params, optimizer = _normalized_gd_after_two_steps(nonfinite="raise")
+    params[1].grad[0, 0] = float("inf")
+    with pytest.raises(PriorlabError, match="NormalizedGD: NaN or infinite gradient"):
+        optimizer.step()
+    with pytest.raises(PriorlabError, match="nonfinite"):
+        NormalizedGD(params, nonfinite="ignore")
+
+
+def test_normalized_gd_moves_by_lr_for_huge_finite_gradients():
+    # ||g|| of 1e30 entries overflowed float32 to inf, so the step was a silent 0
+    p = torch.nn.Parameter(torch.zeros(4))
+    optimizer = NormalizedGD([p], lr=0.1)
+    p.grad = torch.full((4,), 1e30)
+    optimizer.step()
+    assert torch.allclose(p.detach(), torch.full((4,), -0.05))
+
+
+def _adamw_state(count):
+    params = [torch.nn.Parameter(torch.ones(2)) for _ in range(count)]
+    adamw = torch.optim.AdamW(params, lr=1e-3)
+    for p in params:
+        p.grad = torch.ones(2)
+    adamw.step()
+    return adamw.state_dict()
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda sd: sd["param_groups"][0].update(lr=float("nan")),
+    lambda sd: sd["param_groups"][0].update(lr=None),
+    lambda sd: sd.pop("state"),
+    lambda sd: sd["param_groups"][0].update(params=sd["param_groups"][0]["params"][1:]),
+    lambda sd: sd.update(_adamw_state(2)),
+], ids=["nan lr", "lr None", "no state", "short group", "adamw state"])
+def test_normalized_gd_load_state_dict_checks_like_init(corrupt):
+    # accepted silently (NaN lr, AdamW) or raised TypeError/KeyError/ValueError
+    _, source = _normalized_gd_after_two_steps()
+    saved = source.state_dict()
+    corrupt(saved)
+    params, optimizer = _normalized_gd_after_two_steps()
+    groups = [dict(g) for g in optimizer.param_groups]
+    with pytest.raises(PriorlabError, match=r"^NormalizedGD"):
+        optimizer.load_state_dict(saved)
+    assert [dict(g) for g in optimizer.param_groups] == groups
+
+
+def test_normalized_gd_reloads_its_own_and_an_older_state():
+    _, source = _normalized_gd_after_two_steps(nonfinite="raise")
+    saved = source.state_dict()
+    _, optimizer = _normalized_gd_after_two_steps()
+    optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["nonfinite"] == "raise"
+    del saved["param_groups"][0]["nonfinite"]  # saved before the option existed
+    optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["nonfinite"] == "skip"

@@ -32,11 +32,7 @@ OPTIMIZERS = {
        if card.kind == "optimizer"},
 }
 # found by this suite in a module outside its owner's files (issue 16); remove when fixed
-FINDINGS = {
-    "normalized-gd": "a NaN gradient turns the weights NaN; load_state_dict accepts a NaN lr or "
-                     "an AdamW state silently, and a missing/None/odd entry gives "
-                     "KeyError/TypeError/ValueError from torch",
-}
+FINDINGS: dict[str, str] = {}
 PARAMS = [pytest.param(name, id=name, marks=pytest.mark.xfail(strict=False, reason=FINDINGS[name]))
           if name in FINDINGS else pytest.param(name, id=name) for name in OPTIMIZERS]
 SHAPES = st.lists(st.sampled_from(((), (0,), (3,), (2, 3))), min_size=1, max_size=3)

@@ -13,30 +13,24 @@ The teacher's logits carry no gradient. The official random-teacher configuratio
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from priorlab.errors import PriorlabError
+from priorlab.validation import check_finite, check_number, check_tensor
+
+_WHO = "distillation_loss"
 
 
 def _check_temperature(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0:
-        raise PriorlabError(f"{name} must be a finite temperature > 0, got {value!r} "
-                            "(the random-teacher paper uses 1.0)")
-    return float(value)
+    return check_number(value, name, who=_WHO, low=0, low_open=True,
+                        hint="the random-teacher paper uses 1.0")
 
 
 def _check_logits(name: str, logits) -> torch.Tensor:
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 2:
-        got = (f"{logits.dtype} tensor of shape {tuple(logits.shape)}"
-               if isinstance(logits, torch.Tensor) else type(logits).__name__)
-        raise PriorlabError(f"{name} must be a floating-point (batch, classes) tensor, got {got}")
-    if not torch.isfinite(logits).all():
-        raise PriorlabError(f"{name} hold NaN or inf; check the model's outputs and learning rate")
-    return logits
+    # an empty batch would average over nothing (NaN)
+    return check_tensor(logits, name, who=_WHO, min_ndim=2, dtype="float", non_empty=True,
+                        finite=True, hint="pass (batch, classes) logits from the model")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -47,12 +41,16 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     """
     tau_s = _check_temperature("tau_s", tau_s)
     tau_t = _check_temperature("tau_t", tau_t)
-    student_logits = _check_logits("student logits", student_logits)
-    teacher_logits = _check_logits("teacher logits", teacher_logits)
+    student_logits = _check_logits("student_logits", student_logits)
+    teacher_logits = _check_logits("teacher_logits", teacher_logits)
     if student_logits.shape != teacher_logits.shape:
-        raise PriorlabError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+        raise PriorlabError(f"{_WHO}: student_logits {tuple(student_logits.shape)} and teacher_logits "
                             f"{tuple(teacher_logits.shape)} differ in shape; both networks need "
                             "the same output dimension and the same batch")
-    targets = F.softmax(teacher_logits.detach() / tau_t, dim=-1)
-    log_preds = F.log_softmax(student_logits / tau_s, dim=-1)
+    # huge logits over a small temperature overflow the dtype, and softmax of inf is NaN
+    hint = "the logits are too large for this temperature and dtype; use float32/64 or a larger tau"
+    teacher = check_finite(teacher_logits.detach() / tau_t, "teacher_logits / tau_t", who=_WHO, hint=hint)
+    student = check_finite(student_logits / tau_s, "student_logits / tau_s", who=_WHO, hint=hint)
+    targets = F.softmax(teacher, dim=-1)
+    log_preds = F.log_softmax(student, dim=-1)
     return -(targets * log_preds).sum(-1).mean()

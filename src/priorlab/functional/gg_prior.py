@@ -34,6 +34,7 @@ from scipy.special import gammaincinv
 from torch import nn
 
 from priorlab.errors import PriorlabError
+from priorlab.validation import check_number, check_tensor, describe
 
 # The moment-matching estimate is searched (and clipped) in this range: below 0.05 the moment
 # ratio is numerically 0, and beyond 20 the GG is indistinguishable from a uniform.
@@ -76,20 +77,18 @@ def _shapes(nu, count: int, name: str = "nu") -> list[float]:
     return [_check_shape(v, name) for v in values.tolist()]
 
 
-def _tensors(params, who: str) -> list[torch.Tensor]:
+def _tensors(params, who: str, name: str = "params") -> list[torch.Tensor]:
     """A tensor or an iterable of tensors as a list; a bare tensor is ONE tensor, not its rows."""
     if isinstance(params, torch.Tensor):
         params = [params]
     elif not isinstance(params, Iterable) or isinstance(params, (str, bytes)):
-        raise PriorlabError(f"{who} needs a tensor or a list of tensors, got "
-                            f"{type(params).__name__}")
+        raise PriorlabError(f"{who}: {name} must be a tensor or a list of tensors, got "
+                            f"{describe(params)}")
     params = list(params)
     if not params:
-        raise PriorlabError(f"{who} got no tensors")
-    for t in params:
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
-            raise PriorlabError(f"{who} needs floating-point tensors, got {got}")
+        raise PriorlabError(f"{who}: {name} holds no tensors")
+    for i, t in enumerate(params):
+        check_tensor(t, f"{name}[{i}]", who=who, dtype="float")
     return params
 
 
@@ -186,7 +185,7 @@ def gg_init_model_(model: nn.Module, shape: float = 2.0, *, xi: float = 2.0,
 
 
 def _flat(weights) -> torch.Tensor:
-    tensors = _tensors(weights, "GG shape estimation")
+    tensors = _tensors(weights, "estimate_gg_shape", "weights")
     return torch.cat([w.detach().reshape(-1).double().cpu() for w in tensors])
 
 
@@ -197,7 +196,7 @@ def lookup_gg_shape(weights: torch.Tensor | Iterable[torch.Tensor]) -> float:
     ``rho(nu) = Gamma(1/nu) Gamma(3/nu) / Gamma(2/nu)^2`` over ``SHAPE_TABLE`` (0.1 ... 3, step
     0.01); shapes outside the table give its ends.
     """
-    tensors = _tensors(weights, "lookup_gg_shape")
+    tensors = _tensors(weights, "lookup_gg_shape", "weights")
     n = sum(t.numel() for t in tensors)
     squares = sum(float(t.detach().double().pow(2).sum()) for t in tensors)
     absolute = sum(float(t.detach().double().abs().sum()) for t in tensors)
@@ -252,7 +251,7 @@ def backslash_step_(params: torch.Tensor | Iterable[torch.Tensor], rate: float =
     zero (``sign(0) = 0``). Returns the shape used. ``rate`` is calibrated to ``N``: the official
     2e3 was set for LLMs (N ~ 1e8), where one step moves a weight by ~2e-5.
     """
-    tensors = _tensors(params, "backslash_step_")
+    tensors = _tensors(params, "backslash_step_", "params")
     rate = _check_number(rate, "rate")
     clip = _check_number(clip, "clip", positive=True)  # clip 0 makes the step infinite at w=0
     shape = lookup_gg_shape(tensors) if nu is None else _check_shape(nu, "nu")
@@ -274,9 +273,11 @@ def backslash_penalty(params: torch.Tensor | Iterable[torch.Tensor], lam: float,
     ``clip = 0``, ``|w|`` is floored at ``eps`` so the gradient stays finite for ``nu < 1``.
     ``lam = 0`` returns an exact 0 without touching the weights.
     """
-    params = _tensors(params, "backslash_penalty")
-    lam = _check_number(lam, "lam")
-    clip = _check_number(clip, "clip")
+    who = "backslash_penalty"
+    params = _tensors(params, who, "params")
+    lam = check_number(lam, "lam", who=who, low=0)
+    clip = check_number(clip, "clip", who=who, low=0)
+    eps = check_number(eps, "eps", who=who, low=0, low_open=True)
     nus = _shapes(nu, len(params))
     if lam == 0.0:
         return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
@@ -284,7 +285,17 @@ def backslash_penalty(params: torch.Tensor | Iterable[torch.Tensor], lam: float,
         total = sum((p.abs().clamp_min(eps) ** n).sum() for p, n in zip(params, nus))
     else:
         total = sum(((p.abs() + clip) ** n).sum() for p, n in zip(params, nus))
-    return lam * total
+    penalty = lam * total
+    if not bool(torch.isfinite(penalty)):  # one check on the sum; find the cause only on failure
+        for i, p in enumerate(params):
+            check_tensor(p, f"params[{i}]", who=who, finite=True,
+                         hint="the model diverged; lower the learning rate or check the loss")
+        largest = max(float(p.abs().max()) for p in params if p.numel())
+        raise PriorlabError(f"{who}: the penalty of params overflows "
+                            f"{str(penalty.dtype).removeprefix('torch.')} (largest |weight| "
+                            f"{largest:.3g}, nu {max(nus):g}, lam {lam:g}); use float64 or smaller "
+                            "weights")
+    return penalty
 
 
 @torch.no_grad()
@@ -324,7 +335,7 @@ def prune_smallest_(tensors: torch.Tensor | Iterable[torch.Tensor], fraction: fl
     Per tensor: each loses ``round(fraction * numel)`` entries, ranked within that tensor (ties
     by position). A bare tensor is one tensor, ranked as a whole (not row by row).
     """
-    tensors = _tensors(tensors, "prune_smallest_")
+    tensors = _tensors(tensors, "prune_smallest_", "tensors")
     fraction = _check_number(fraction, "fraction")
     if fraction > 1.0:
         raise PriorlabError(f"fraction must lie in [0, 1], got {fraction}")

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from priorlab.errors import PriorlabError
+from priorlab.functional.contrastive import l2_normalize
+from priorlab.validation import check_number, check_tensor, describe
 
 
 def karras_sigmas(num_scales: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -43,15 +45,23 @@ def karras_sigmas(num_scales: int, sigma_min: float = 0.002, sigma_max: float = 
 def info_nce(query: torch.Tensor, key: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
     """Per-example InfoNCE: row i of ``key`` is the positive of row i of ``query``, the other
     rows are negatives; cosine similarities over temperature ``tau``. Returns shape (batch,)."""
-    if query.ndim < 2 or query.shape != key.shape:
-        raise PriorlabError(f"info_nce needs query and key of the same shape (batch, dim), got "
-                            f"{tuple(query.shape)} and {tuple(key.shape)}")
-    if not isinstance(tau, (int, float)) or not tau > 0:
-        raise PriorlabError(f"InfoNCE temperature tau must be > 0, got {tau!r}")
-    q = F.normalize(query.flatten(1), dim=1)
-    k = F.normalize(key.flatten(1), dim=1)
+    who = "info_nce"
+    query = check_tensor(query, "query", who=who, min_ndim=2, dtype="float", finite=True)
+    key = check_tensor(key, "key", who=who, min_ndim=2, dtype="float", finite=True)
+    if query.shape != key.shape or query.dtype != key.dtype:
+        raise PriorlabError(f"{who}: query and key must have one shape (batch, dim) and dtype, got "
+                            f"{describe(query)} and {describe(key)}")
+    if query.shape[1:].numel() == 0:
+        raise PriorlabError(f"{who}: query and key have no features ({describe(query)})")
+    tau = check_number(tau, "tau", who=who, low=0, low_open=True, hint="rRCM uses 0.2")
+    q = l2_normalize(query.flatten(1), dim=1)
+    k = l2_normalize(key.flatten(1), dim=1)
     logits = q @ k.T / tau
-    return torch.logsumexp(logits, dim=1) - logits.diagonal()
+    loss = torch.logsumexp(logits, dim=1) - logits.diagonal()
+    if not bool(torch.isfinite(loss).all()):  # cosines / tau overflowed the dtype
+        raise PriorlabError(f"{who}: tau {tau:g} is too small for {str(query.dtype).removeprefix('torch.')}"
+                            f": the similarities overflow; use a larger temperature")
+    return loss
 
 
 def rrcm_pretrain_loss(encoder: nn.Module, target_encoder: nn.Module, x: torch.Tensor,
@@ -118,13 +128,30 @@ def noise_consistency_loss(logits: list[torch.Tensor] | tuple[torch.Tensor, ...]
                            lbd: float = 20.0, eta: float = 0.5) -> torch.Tensor:
     """Jeong & Shin's consistency term over ``m >= 2`` logit batches of noisy copies:
     ``lbd * mean_j KL(avg_softmax || softmax_j) + eta * H(avg_softmax)``, averaged over the batch."""
-    if len(logits) < 2 or any(lg.shape != logits[0].shape or lg.ndim != 2 for lg in logits):
-        raise PriorlabError("noise_consistency_loss needs >= 2 logit batches of the same shape "
-                            "(batch, classes), one per noisy copy")
-    if lbd < 0 or eta < 0:
-        raise PriorlabError(f"lbd and eta must be >= 0, got lbd={lbd!r}, eta={eta!r}")
-    avg = sum(F.softmax(lg, dim=1) for lg in logits) / len(logits)
-    kl = sum(F.kl_div(F.log_softmax(lg, dim=1), avg, reduction="none").sum(1)
-             for lg in logits) / len(logits)
-    entropy = -(avg * torch.log(avg.clamp(min=1e-20))).sum(1)
-    return (lbd * kl + eta * entropy).mean()
+    who = "noise_consistency_loss"
+    if not isinstance(logits, (list, tuple)) or len(logits) < 2:
+        raise PriorlabError(f"{who}: logits must be a list of >= 2 logit batches (batch, classes), "
+                            f"one per noisy copy, got {describe(logits)}"
+                            + (f" of length {len(logits)}" if isinstance(logits, (list, tuple)) else ""))
+    for i, lg in enumerate(logits):
+        check_tensor(lg, f"logits[{i}]", who=who, ndim=2, dtype="float", non_empty=True,
+                     finite=True)
+        if lg.shape != logits[0].shape or lg.dtype != logits[0].dtype:
+            raise PriorlabError(f"{who}: logits[{i}] must match logits[0] ({describe(logits[0])}), "
+                                f"got {describe(lg)}")
+    lbd = check_number(lbd, "lbd", who=who, low=0)
+    eta = check_number(eta, "eta", who=who, low=0)
+    # Everything in log space: log(avg) from a logsumexp of log-softmaxes, never the log of an
+    # underflowed softmax (F.kl_div's gradient in its target is log(target) + 1 = -inf at 0,
+    # which made NaN gradients for logits of scale ~1e4). Same values as the direct formula.
+    log_probs = torch.stack([F.log_softmax(lg, dim=1) for lg in logits])  # (m, batch, classes)
+    log_avg = torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+    avg = log_avg.exp()
+    kl = (avg * (log_avg - log_probs)).sum(2).mean(0)
+    entropy = -(avg * log_avg).sum(1)
+    loss = (lbd * kl + eta * entropy).mean()
+    if not bool(torch.isfinite(loss)):
+        raise PriorlabError(f"{who}: the logits are too far apart for "
+                            f"{str(logits[0].dtype).removeprefix('torch.')}: lbd * KL overflows; "
+                            "check the model's outputs or use float64")
+    return loss

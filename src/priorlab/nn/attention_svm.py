@@ -33,6 +33,9 @@ from scipy import optimize
 from torch import nn
 
 from priorlab.errors import PriorlabError
+from priorlab.optim.checks import (check_loaded_state_dict, check_nonfinite_policy, handle_nonfinite,
+                                   nonfinite_gradients)
+from priorlab.validation import check_number, check_tensor, describe
 
 PARAMETRISATIONS = ("W", "KQ")
 NORMS = ("fro", "nuc")
@@ -229,27 +232,43 @@ def att_svm(X: torch.Tensor, z: torch.Tensor | None, opt_index, norm: str = "fro
     return torch.from_numpy(solution)
 
 
+def _power_of_two_scaled(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x * 2^-e, e)`` with ``2^e`` just above ``x``'s largest magnitude: exact, so norms and
+    inner products of the scaled tensor neither overflow nor underflow, and ratios keep every bit."""
+    _, exponent = torch.frexp(x.abs().max())
+    return torch.ldexp(x, -exponent), exponent
+
+
 def direction_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """``<a, b> / (||a|| ||b||)`` of two tensors of the same shape (the paper's "correlation")."""
+    who = "direction_cosine"
     for name, x in (("a", a), ("b", b)):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise PriorlabError(f"direction_cosine: {name} must be a floating-point tensor")
-        if not bool(torch.isfinite(x).all()):
-            raise PriorlabError(f"direction_cosine: {name} contains NaN or infinite values")
+        check_tensor(x, name, who=who, dtype="float", finite=True)
     if a.shape != b.shape:
-        raise PriorlabError(f"direction_cosine needs tensors of one shape, got {tuple(a.shape)} "
-                            f"and {tuple(b.shape)}")
+        raise PriorlabError(f"{who}: a and b must have one shape, got {describe(a)} and {describe(b)}")
     a, b = a.detach().double().flatten(), b.detach().double().flatten()
-    norms = float(a.norm() * b.norm())
-    if norms == 0.0:
-        raise PriorlabError("direction_cosine: a zero tensor has no direction")
-    return float(a @ b) / norms
+    for name, x in (("a", a), ("b", b)):
+        if not bool(x.ne(0).any()):
+            raise PriorlabError(f"{who}: {name} is zero (or empty) and has no direction")
+    a, b = _power_of_two_scaled(a)[0], _power_of_two_scaled(b)[0]
+    return float(a @ b) / float(a.norm() * b.norm())
 
 
-def _check_positive(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0:
-        raise PriorlabError(f"NormalizedGD {name} must be a positive finite number, got {value!r}")
+def _check_group(group: dict) -> None:
+    """The constructor's checks, for a new, added or loaded parameter group."""
+    for name in ("lr", "eps"):
+        check_number(group[name], name, who="NormalizedGD", low=0, low_open=True)
+    check_nonfinite_policy(group["nonfinite"], "NormalizedGD")
+
+
+def _gradient_norm(g: torch.Tensor) -> float:
+    """``||g||_F``, also where squaring the entries overflows (float32 beyond ~1e19, which made
+    the norm inf and the step a silent zero); identical to ``g.norm()`` otherwise."""
+    if not g.numel():
+        return 0.0
+    scaled, exponent = _power_of_two_scaled(g)
+    norm, exponent = torch.stack([scaled.norm().double(), exponent.double()]).tolist()  # one sync
+    return math.ldexp(norm, int(exponent))
 
 
 class NormalizedGD(torch.optim.Optimizer):
@@ -257,15 +276,38 @@ class NormalizedGD(torch.optim.Optimizer):
 
     The step the official experiments use (README of umich-sota/TF-as-SVM) so that the
     attention weights keep growing at a steady rate; ``eps`` defaults to float64's epsilon.
+
+    ``nonfinite``: a NaN or infinite gradient would turn the weights NaN, so by default
+    (``"skip"``) such a step is skipped for its parameter group with a warning, leaving the
+    weights as they were; ``"raise"`` raises PriorlabError (as :class:`priorlab.optim.Lion`).
     """
 
-    def __init__(self, params, lr: float = 0.1, eps: float = float(np.finfo(np.float64).eps)):
-        _check_positive(lr, "lr")
-        _check_positive(eps, "eps")
-        super().__init__(params, {"lr": float(lr), "eps": float(eps)})
-        for group in self.param_groups:  # per-group overrides get the same check
-            _check_positive(group["lr"], "lr")
-            _check_positive(group["eps"], "eps")
+    def __init__(self, params, lr: float = 0.1, eps: float = float(np.finfo(np.float64).eps), *,
+                 nonfinite: str = "skip"):
+        defaults = {"lr": lr, "eps": eps, "nonfinite": nonfinite}
+        _check_group(defaults)
+        super().__init__(params, {"lr": float(lr), "eps": float(eps), "nonfinite": nonfinite})
+
+    def add_param_group(self, param_group: dict) -> None:
+        # checked before the group joins, so a rejected group leaves the optimizer unchanged
+        _check_group({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state from :meth:`state_dict` with the constructor's checks; another optimiser's
+        state or a corrupt one raises and leaves this one unchanged."""
+        check_loaded_state_dict(state_dict, self, "NormalizedGD", _check_group)
+        for index, entry in state_dict["state"].items():
+            if entry:
+                raise PriorlabError(f"NormalizedGD.load_state_dict: NormalizedGD keeps no state per "
+                                    f"parameter, but parameter {index} has {sorted(entry)}; is it "
+                                    "another optimizer's state?")
+        super().load_state_dict(state_dict)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nonfinite", "skip")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -274,7 +316,12 @@ class NormalizedGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.add_(p.grad, alpha=-group["lr"] / (float(p.grad.norm()) + group["eps"]))
+            params = [p for p in group["params"] if p.grad is not None]
+            bad = nonfinite_gradients(params)
+            if bad:
+                # frames above: this step, torch's no_grad and step-hook wrappers, the caller
+                handle_nonfinite(bad, group["nonfinite"], "NormalizedGD", stacklevel=5)
+                continue
+            for p in params:
+                p.add_(p.grad, alpha=-group["lr"] / (_gradient_norm(p.grad) + group["eps"]))
         return loss

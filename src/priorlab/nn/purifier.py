@@ -12,14 +12,13 @@ code.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from priorlab.errors import PriorlabError
+from priorlab.validation import check_number, check_tensor, describe
 
 
 class _RoundStraightThrough(torch.autograd.Function):
@@ -34,10 +33,16 @@ class _RoundStraightThrough(torch.autograd.Function):
 
 def uniform_quantise(z: torch.Tensor, step: float) -> torch.Tensor:
     """Round ``z`` to the grid ``step * Z``; the backward pass is the identity (straight-through)."""
-    if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step) \
-            or step <= 0:
-        raise PriorlabError(f"quantisation step must be a finite number > 0, got {step!r}")
-    return _RoundStraightThrough.apply(z, float(step))
+    who = "uniform_quantise"
+    z = check_tensor(z, "z", who=who, dtype="float")
+    step = check_number(step, "step", who=who, low=0, low_open=True,
+                        hint="the quantisation step, e.g. 0.5")
+    out = _RoundStraightThrough.apply(z, step)
+    if not bool(torch.isfinite(out).all()):  # one check: a NaN in z, or z / step overflowed
+        problem = ("contains NaN or infinity" if not bool(torch.isfinite(z).all())
+                   else f"/ step overflows {str(z.dtype).removeprefix('torch.')}; use a larger step")
+        raise PriorlabError(f"{who}: z {problem} ({describe(z)})")
+    return out
 
 
 def _linear(n_in: int, n_out: int, lipschitz: bool) -> nn.Linear:
@@ -119,17 +124,40 @@ def purifier_loss(x: torch.Tensor, reconstruction: torch.Tensor, mu: torch.Tenso
     """Negative ELBO per example: Bernoulli reconstruction (binary cross-entropy summed over
     pixels) plus ``kl_weight * KL(N(mu, exp(logvar)) || N(0, I))``; the KL is dropped for a
     plain autoencoder (``logvar is None``)."""
-    if not isinstance(kl_weight, (int, float)) or not math.isfinite(kl_weight) or kl_weight < 0:
-        raise PriorlabError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
-    if reconstruction.shape != x.shape:
-        raise PriorlabError(f"reconstruction shape {tuple(reconstruction.shape)} differs from the "
-                            f"input's {tuple(x.shape)}")
+    who = "purifier_loss"
+    kl_weight = check_number(kl_weight, "kl_weight", who=who, low=0)
+    x = _check_unit_interval(x, "x", hint="the Bernoulli likelihood needs pixels in [0, 1]")
+    reconstruction = _check_unit_interval(reconstruction, "reconstruction", like=x,
+                                          hint="pass the decoder's sigmoid output, shaped like x")
+    mu = check_tensor(mu, "mu", who=who, shape=(len(x), None), dtype="float", finite=True,
+                      hint="pass the encoder's (batch, latent) means")
+    if logvar is not None:
+        check_tensor(logvar, "logvar", who=who, shape=tuple(mu.shape), dtype="float", finite=True,
+                     hint="pass the encoder's log-variances, shaped like mu")
     recon = F.binary_cross_entropy(reconstruction.reshape(len(x), -1), x.reshape(len(x), -1),
                                    reduction="none").sum(1)
     if logvar is None:
         return recon.mean()
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
-    return (recon + kl_weight * kl).mean()
+    loss = (recon + kl_weight * kl).mean()
+    if not bool(torch.isfinite(loss)):  # mu^2 or exp(logvar) overflowed: not a usable posterior
+        raise PriorlabError(f"{who}: the KL term of mu and logvar overflows "
+                            f"{str(mu.dtype).removeprefix('torch.')} (largest |mu| "
+                            f"{float(mu.abs().max()):.3g}, largest logvar {float(logvar.max()):.3g}); "
+                            "check the encoder's outputs")
+    return loss
+
+
+def _check_unit_interval(t, name: str, *, hint: str, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A non-empty (batch, ...) float tensor in [0, 1], with the shape and dtype of ``like``."""
+    who = "purifier_loss"
+    t = check_tensor(t, name, who=who, min_ndim=1, non_empty=True, hint=hint,
+                     shape=None if like is None else tuple(like.shape),
+                     dtype="float" if like is None else like.dtype, finite=True)
+    if not bool(((t >= 0) & (t <= 1)).all()):
+        raise PriorlabError(f"{who}: {name} must lie in [0, 1], got values in "
+                            f"[{float(t.min()):.3g}, {float(t.max()):.3g}]; {hint}")
+    return t
 
 
 BACKWARDS = ("full", "identity")
