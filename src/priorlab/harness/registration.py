@@ -60,7 +60,11 @@ def read_lock(results: Path, claim: Claim) -> dict | None:
 
 
 def changed_fields(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    """Fields whose values differ; a field the older lock predates counts as unchanged while
+    the claim leaves it empty (the declaration schema may grow, the claim did not change)."""
+    empty = (None, [], {}, "")
+    return sorted(k for k in set(old) | set(new)
+                  if old.get(k) != new.get(k) and not (k not in old and new.get(k) in empty))
 
 
 def check(claim: Claim, lock: dict | None) -> None:

@@ -64,7 +64,7 @@ class BackSlash(Adapter):
         self.rate = _check_number(rate, "rate")
         self.clip = _check_number(clip, "clip", positive=True)
         self.fixed_nu = None if nu is None else _check_shape(nu, "nu")
-        self.params = None if params is None else _tensors(params, "BackSlash params")
+        self.params = None if params is None else _tensors(params, "BackSlash", "params")
         self.last_nu: float | None = None
         self.steps = 0
 
