@@ -14,13 +14,19 @@ import subprocess
 from pathlib import Path
 
 
+# Generated evidence: rewriting it while a rerun is under way does not make the code dirty.
+GENERATED = ("results", "REPORT.md", "report.html", "site", "src/priorlab/evidence.json")
+
+
 def git_commit() -> str:
+    """HEAD, with ``+dirty`` when tracked files other than the generated evidence differ."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=here)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, cwd=here).stdout.strip()
+        exclude = [f":(top,exclude){path}" for path in GENERATED]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                *exclude], capture_output=True, text=True, timeout=5, cwd=here).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
