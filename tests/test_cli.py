@@ -59,6 +59,9 @@ def test_readme_component_snippet_runs():
     block = re.search(r"```python\n(import torch\nfrom priorlab\.optim.*?)```", text, re.S)
     assert block, "README lost its runnable components snippet"
     exec(compile(block.group(1), "<README components snippet>", "exec"), {})
+    factory = re.search(r"```python\n(import priorlab, torch\n.*?)```", text, re.S)
+    assert factory, "README lost its name-factory snippet"
+    exec(compile(factory.group(1), "<README factory snippet>", "exec"), {})
 
 
 def _cli(*args, cwd, env=None):

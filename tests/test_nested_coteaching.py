@@ -355,3 +355,20 @@ def test_reproduction_smoke_every_arm():
     _stage_one.cache_clear()  # deterministic from scratch, not only through the memo
     fresh = run("nested_coteaching_sym", cfg, seed=0)
     assert fresh.metrics == outputs["nested_coteaching_sym"].metrics
+
+
+@pytest.mark.parametrize("logits, targets", [
+    (torch.zeros(3, 0, 4), torch.zeros(0, dtype=torch.long)),  # empty batch: no NaN accuracy
+    (torch.zeros(3, 2, 4, dtype=torch.bool), torch.zeros(2, dtype=torch.long)),
+    (torch.zeros(3, 2, 4), torch.zeros(2, dtype=torch.complex64)),
+])
+def test_best_truncation_refuses_empty_or_non_float_input(logits, targets):
+    from priorlab.nn.nested_dropout import best_truncation
+    with pytest.raises(PriorlabError, match="truncation_logits|targets"):
+        best_truncation(logits, targets)
+
+
+def test_small_loss_indices_refuses_complex_targets():
+    from priorlab.functional.coteaching import small_loss_indices
+    with pytest.raises(PriorlabError, match="targets"):
+        small_loss_indices(torch.zeros(4, 3), torch.zeros(4, dtype=torch.complex64), 0.25)

@@ -184,3 +184,11 @@ def test_a_bound_judges_one_arm_against_a_stated_bar():
     assert summarise(high, _records(values), "full", 3)["cards"]["m1-card"] == NOT_REPRODUCED
     with pytest.raises(PriorlabError, match="does not declare"):
         _claim(bounds=(Bound("nobody", "acc", bar=0.0, higher_is_better=True),))
+
+
+def test_verdict_text_names_each_reason_once():
+    from priorlab.harness.verdict import verdict_text
+    a = compare({0: 1.0, 1: 1.0}, {0: 0.0, 1: 0.0}, method="m", baseline="b", metric="acc",
+                higher_is_better=True, kind="superiority", threshold=0.0, grid_edge="x at edge; y at edge")
+    b = dataclasses.replace(a, reason="y at edge")
+    assert verdict_text(INCONCLUSIVE, [a, b]) == "inconclusive (x at edge; y at edge)"

@@ -104,10 +104,7 @@ BY_NAME = {t.name: t for t in TARGETS}
 # What the fuzzer found in modules outside this suite's owner's files (issue 16), reported for
 # their owners; remove an entry when its finding is fixed (XPASS in the report). Not strict:
 # the CI profile's few fixed examples do not reach every finding (the long profile does).
-FINDINGS = {
-    "small_loss_indices": "complex targets reach torch (NotImplementedError 'min_all')",
-    "best_truncation": "an empty batch returns NaN accuracy; bool/complex logits reach torch",
-}
+FINDINGS: dict[str, str] = {}
 # valid finite logits whose gradient comes back NaN
 GRADIENT_FINDINGS: dict[str, str] = {}
 

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from priorlab.sceneflow.cli import add_flow_subparser, main, read_poses, run_flow
+from priorlab.sceneflow.cli import add_flow_subparser, main, run_flow
+from priorlab.sceneflow.commands_sequences import read_poses
 from priorlab.sceneflow.synthetic import synthetic_sequence
 
 TINY = dict(n_beams=8, azimuth_resolution=2.0, n_objects=6, n_pedestrians=2)

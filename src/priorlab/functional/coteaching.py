@@ -53,7 +53,7 @@ def _check_logits_targets(logits: torch.Tensor, targets: torch.Tensor, name: str
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.is_floating_point():
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise PriorlabError(f"{name} must be float logits of shape (batch, num_classes), got {got}")
-    if (not isinstance(targets, torch.Tensor) or targets.is_floating_point()
+    if (not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.is_complex()
             or targets.dtype == torch.bool or tuple(targets.shape) != (logits.shape[0],)):
         got = (f"{targets.dtype} {tuple(targets.shape)}" if isinstance(targets, torch.Tensor)
                else type(targets).__name__)

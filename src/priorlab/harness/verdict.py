@@ -134,5 +134,6 @@ def verdict_text(verdict: str, tests) -> str:
     ``inconclusive (under the paper's budget: ours 4,000 epochs, paper 80,000 epochs)``."""
     if verdict != INCONCLUSIVE:
         return verdict
-    reasons = list(dict.fromkeys(t.reason for t in tests if t.reason and t.verdict == INCONCLUSIVE))
+    reasons = list(dict.fromkeys(part for t in tests if t.reason and t.verdict == INCONCLUSIVE
+                                 for part in t.reason.split("; ")))
     return f"{verdict} ({'; '.join(reasons)})" if reasons else verdict

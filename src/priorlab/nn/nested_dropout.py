@@ -162,12 +162,14 @@ def best_truncation(truncation_logits: torch.Tensor, targets: torch.Tensor) -> t
     ``truncation_logits`` is ``(F, N, C)`` from :func:`logits_at_every_truncation` (or an
     average of several networks' ones). Ties go to the smallest ``m``, as in the official code.
     """
-    if not isinstance(truncation_logits, torch.Tensor) or truncation_logits.ndim != 3:
-        got = (tuple(truncation_logits.shape) if isinstance(truncation_logits, torch.Tensor)
-               else type(truncation_logits).__name__)
-        raise PriorlabError(f"truncation_logits must have shape (F, N, C), got {got}")
-    if (not isinstance(targets, torch.Tensor) or targets.is_floating_point()
-            or tuple(targets.shape) != (truncation_logits.shape[1],)):
+    if (not isinstance(truncation_logits, torch.Tensor) or truncation_logits.ndim != 3
+            or not truncation_logits.is_floating_point() or 0 in truncation_logits.shape):
+        got = (f"{truncation_logits.dtype} {tuple(truncation_logits.shape)}"
+               if isinstance(truncation_logits, torch.Tensor) else type(truncation_logits).__name__)
+        raise PriorlabError(f"truncation_logits must be non-empty float logits of shape (F, N, C), "
+                            f"got {got}")
+    if (not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.is_complex()
+            or targets.dtype == torch.bool or tuple(targets.shape) != (truncation_logits.shape[1],)):
         raise PriorlabError(f"targets must be integer class indices of shape "
                             f"({truncation_logits.shape[1]},)")
     accuracy = (truncation_logits.argmax(dim=2) == targets.unsqueeze(0)).double().mean(dim=1)
