@@ -8,7 +8,7 @@ STYLE = """\
   --line: #d0d7de; --soft: #f6f8fa; }
 * { box-sizing: border-box; }
 body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
-  margin: 0 auto; max-width: 72rem; padding: 1rem 1.25rem 3rem; }
+  margin: 0 auto; max-width: 82rem; padding: 1rem 1.25rem 3rem; }
 header nav { font-size: .9rem; margin-bottom: .5rem; }
 header nav a + a { margin-left: 1rem; }
 h1 { font-size: 1.6rem; line-height: 1.25; margin: .5rem 0 .25rem; }
