@@ -95,7 +95,7 @@ def test_early_stopping_and_defaults(rigid_pair):
     )
     f = defaults("fast")
     assert (f["optimizer"], f["lr"], f["patience"], f["min_delta"], f["voxel_size"]) == (
-        "sgd",
+        "adam",
         8e-3,
         10,
         1e-3,

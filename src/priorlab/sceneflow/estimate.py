@@ -5,7 +5,7 @@ Methods:
 * ``"nsfp"`` -- Neural Scene Flow Prior (see :mod:`priorlab.sceneflow.nsfp`): coordinate MLP + cycle
   MLP, truncated Chamfer, Adam.
 * ``"fast"`` -- Fast Neural Scene Flow (see :mod:`priorlab.sceneflow.fast`): the same MLP trained on a
-  voxel-grid distance-transform loss, SGD, no cycle net.
+  voxel-grid distance-transform loss, Adam, no cycle net.
 * ``"free"`` -- no prior: one free 3-vector per point (initialised at zero), optimised directly with
   the same truncated Chamfer (forward term only) by Adam. This is the baseline the NSFP paper argues
   against: nothing couples neighbouring points, so each point just slides to its nearest neighbour.
@@ -274,8 +274,8 @@ def estimate_flow(
 
     ``options`` (per method; unknown names are an error): ``hidden``, ``layers``, ``activation``,
     ``init`` ("torch"/"xavier"), ``weight_decay``, ``truncate`` (Chamfer threshold in m^2, nsfp/free),
-    ``backward`` (cycle net, nsfp), ``voxel_size``, ``max_grid_bytes``, ``optimizer`` ("sgd"/"adam"),
-    ``momentum`` (fast); for all: ``callback(iteration, loss)`` called every iteration, and
+    ``backward`` (cycle net, nsfp), ``voxel_size``, ``max_grid_bytes``, ``optimizer`` ("adam"/"sgd"),
+    ``momentum`` (fast, sgd only); for all: ``callback(iteration, loss)`` called every iteration, and
     ``num_threads`` (torch threads for this call only; restored afterwards).
     """
     t_start = time.perf_counter()

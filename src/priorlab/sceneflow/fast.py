@@ -4,14 +4,16 @@ Same coordinate-MLP flow field as NSFP, but the Chamfer loss (dominated by neare
 is replaced by a distance transform (DT) of the target cloud precomputed once on a voxel grid and
 queried by trilinear interpolation: ``loss = mean_i DT(p1_i + f(p1_i))``. No backward/cycle network.
 
-Defaults read from the official code (github.com/Lilac-Lee/FastNSF, ``optimization.py`` at commit
-8f0ca3f, and the README's Argoverse "full point cloud" command):
+Defaults read from the official code (github.com/Lilac-Lee/FastNSF, ``optimization.py``, and the
+README's Argoverse "full point cloud" command):
 
 * network ``Neural_Prior(layer_size=8, hidden_units=128, act_fn='relu')`` -- identical shape to NSFP;
   ``--init_weight`` (used in every README command): Xavier-uniform weights, zero biases;
-* optimiser: ``torch.optim.SGD(lr, momentum=0, weight_decay=1e-4)`` -- plain SGD, not Adam;
-  README full-cloud runs use ``--lr 0.008 --earlystopping --early_patience 10 --early_min_delta 0.001``
-  and ``--iters 5000`` (8,192-point runs: lr 0.01, patience 5);
+* optimiser: ``torch.optim.Adam(lr, weight_decay=0)``, as ``optimization.py`` has it from commit
+  a40aac2 on (the commit that also added the Waymo preprocessing); the first release (8f0ca3f) used
+  ``SGD(lr, momentum=0, weight_decay=1e-4)``, still available as ``optimizer="sgd",
+  weight_decay=1e-4``. README full-cloud runs use ``--lr 0.008 --earlystopping --early_patience 10
+  --early_min_delta 0.001`` and ``--iters 5000`` (8,192-point runs: lr 0.01, patience 5);
 * DT grid: ``--grid_factor 10`` i.e. 0.1 m cells, bounds = bounding box of both clouds, floored /
   ceiled to the grid with one extra cell of margin; the DT is built on the target (second) cloud;
 * the lowest-loss iterate's flow is reported.
@@ -41,9 +43,9 @@ FAST_DEFAULTS = dict(
     max_iters=5000,
     patience=10,
     min_delta=1e-3,
-    weight_decay=1e-4,
+    weight_decay=0.0,
     momentum=0.0,
-    optimizer="sgd",
+    optimizer="adam",
     hidden=128,
     layers=8,
     activation="relu",
@@ -70,15 +72,21 @@ class FastProblem:
             self.net = FlowMLP(opts["hidden"], opts["layers"], opts["activation"], opts["init"]).to(device)
         params = list(self.net.parameters())
         name = opts["optimizer"]
-        if name == "sgd":
+        if name == "adam":
+            if opts["momentum"] != 0:
+                raise PriorlabError(
+                    f"momentum={opts['momentum']} applies to optimizer='sgd' only; Adam (the official "
+                    "FastNSF optimiser) has no momentum option here"
+                )
+            self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=opts["weight_decay"])
+        elif name == "sgd":
             self.optimizer = torch.optim.SGD(
                 params, lr=lr, momentum=opts["momentum"], weight_decay=opts["weight_decay"]
             )
-        elif name == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=opts["weight_decay"])
         else:
             raise PriorlabError(
-                f"unknown optimizer {name!r} for method 'fast'; use 'sgd' (official) or 'adam'"
+                f"unknown optimizer {name!r} for method 'fast'; use 'adam' (official) or 'sgd' "
+                "(FastNSF's first release)"
             )
         self.device = device
 
