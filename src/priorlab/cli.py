@@ -192,35 +192,84 @@ def _committed_line(card: MethodCard) -> str:
     return f"committed full tier: {summary['status']} (first effect {effect})"
 
 
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``--set key=value`` pairs as a dict; a value is read as JSON, else kept as a string."""
+    overrides = {}
+    for pair in pairs or ():
+        key, eq, text = pair.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--set takes key=value, got {pair!r}")
+        try:
+            overrides[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = text
+    return overrides
+
+
+def _effect_line(t: dict) -> str:
+    """A test's numbers without its verdict words (for exploratory runs)."""
+    ci = "–" if t["ci_low"] is None else f"[{t['ci_low']:.4g}, {t['ci_high']:.4g}]"
+    effect = "–" if t["effect"] is None else f"{t['effect']:+.4g}"
+    return f"{t['label']} ({t['metric']}): effect {effect}, 95% CI {ci}, {t['n']} seeds"
+
+
+def _results_folder(args, card: MethodCard, overrides: dict) -> Path:
+    from priorlab.harness.runner import claim_of, overrides_hash
+
+    if args.results:
+        return Path(args.results)
+    if overrides:
+        return Path("runs/explore") / claim_of(card).method / overrides_hash(overrides)
+    if args.seed_start is not None:
+        return Path("runs/replicate") / f"{args.tier}-seed{args.seed_start}"
+    return committed_results() if args.tier == "full" else SMOKE_RESULTS
+
+
 def cmd_reproduce(args) -> int:
-    from priorlab.harness.runner import load_results, reproduction_cards, run_reproductions
+    from priorlab.harness.executors import RunsFailed
+    from priorlab.harness.runner import (load_results, reproduction_cards, run_reproductions,
+                                         write_tensorboard)
     from priorlab.harness.summary import summarise
 
     if not args.ids and not args.all:
         raise UsageError("name at least one method id (or seed id), or pass --all")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
-    replicate = args.seed_start is not None
-    if args.results:
-        results = Path(args.results)
-    elif replicate:
-        results = Path("runs/replicate") / f"{args.tier}-seed{args.seed_start}"
-    else:
-        results = committed_results() if args.tier == "full" else SMOKE_RESULTS
+    if args.address and args.executor != "ray":
+        raise UsageError("--address needs --executor ray")
+    overrides = parse_overrides(args.set)
+    replicate = args.seed_start is not None and not overrides
     seed_start = args.seed_start or 0
     cards = reproduction_cards(None if args.all else args.ids)
+    folders = {card.id: _results_folder(args, card, overrides) for card in cards}
+    groups: dict[Path, list[MethodCard]] = {}
+    for card in cards:  # exploratory runs get a folder per method; one executor call per folder
+        groups.setdefault(folders[card.id], []).append(card)
+    failed: RunsFailed | None = None
     try:
-        run_reproductions(cards, tier=args.tier, results=results, n_seeds=args.seeds,
-                          jobs=args.jobs, force=args.force, seed_start=seed_start)
+        for results, group in groups.items():
+            try:
+                run_reproductions(group, tier=args.tier, results=results, n_seeds=args.seeds,
+                                  jobs=args.jobs, force=args.force, seed_start=seed_start,
+                                  executor=args.executor, address=args.address, overrides=overrides)
+            except RunsFailed as e:  # the others finished; summarise them, then fail
+                failed = RunsFailed((failed.failures if failed else []) + e.failures)
     except KeyboardInterrupt:
-        print(f"interrupted: finished runs are kept in {results}/; run the same command to resume",
-              file=sys.stderr)
+        print(f"interrupted: finished runs are kept in {', '.join(map(str, groups))}/; run the same "
+              "command to resume", file=sys.stderr)
         return 130
     summaries = []
     for card in cards:
-        claim, records = load_results(card, args.tier, results, args.seeds, seed_start)
+        claim, records = load_results(card, args.tier, folders[card.id], args.seeds, seed_start, overrides)
+        if args.tensorboard:
+            write_tensorboard(records, Path(args.tensorboard))
         summary = summarise(claim, records, args.tier, args.seeds or claim.seeds[args.tier])
-        if args.tier == "smoke" or replicate:
+        if overrides:  # never a verdict: the words are dropped, the numbers kept
+            summary.update(status="exploratory: not a verdict", verdict=None, verdict_text=None,
+                           exploratory={"overrides": overrides})
+            for t in summary["comparisons"] + summary["guards"]:
+                t.update(verdict=None, reason=None)
+        elif args.tier == "smoke" or replicate:
             summary["committed"] = _committed_line(card)
         summaries.append(summary)
     if args.json:
@@ -228,6 +277,11 @@ def cmd_reproduce(args) -> int:
     else:
         for s in summaries:
             head = f"{s['seed_id']:>3} {s['method']:<24} {s['tier']:<5}"
+            if overrides:
+                print(f"{head} {s['status']}  (--set {json.dumps(overrides, sort_keys=True)})")
+                for t in s["comparisons"] + s["guards"]:
+                    print("      " + _effect_line(t))
+                continue
             if s["tier"] == "smoke":  # the smoke tier checks plumbing; the evidence is the full tier
                 print(f"{head} {s['status']:<20} | {s['committed']}")
                 continue
@@ -237,7 +291,12 @@ def cmd_reproduce(args) -> int:
             if replicate:
                 agree = s["committed"].startswith(f"committed full tier: {s['status']} ")
                 print(f"      {s['committed']} -> {'agrees' if agree else 'DISAGREES'}")
-        print(f"results in {results}/", file=sys.stderr)
+        print(f"results in {', '.join(map(str, groups))}/", file=sys.stderr)
+    if args.tensorboard:
+        print(f"TensorBoard curves in {args.tensorboard}/ (tensorboard --logdir {args.tensorboard})",
+              file=sys.stderr)
+    if failed:
+        raise failed
     return 0
 
 
@@ -275,12 +334,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("reproduce", help="run reproductions: arms x seeds, cached and resumable")
+    p = sub.add_parser(
+        "reproduce", help="run reproductions: arms x seeds, cached and resumable",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Ray on a cluster: `ray start --head --port 6379` on the head node, `ray start --address "
+               "HEAD_IP:6379` on the others\n(all with priorlab installed at the same commit), then "
+               "`priorlab reproduce ... --executor ray --address HEAD_IP:6379`\non a node. The driver "
+               "writes every result file; a rerun redoes nothing finished.")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--all", action="store_true", help="every registered reproduction")
     p.add_argument("--tier", choices=TIERS, default="smoke")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the claim's)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="parallel worker processes of the local pool (the embedded Ray's CPUs: at least 2)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where runs execute: a local process pool, or Ray tasks (needs priorlab[ray])")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="a running Ray cluster (HEAD_IP:6379, or auto); without it Ray starts embedded here")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="override a key of the tier's config (value read as JSON, else a string); "
+                        "exploratory: runs go to runs/explore/<method>/<hash>/ and give no verdict")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="write each run's curves for TensorBoard (DIR/<method>/<tier>/<arm>__seed<k>/)")
     p.add_argument("--results", default=None,
                    help="results folder (default: the committed results/ for full, runs/smoke/ for smoke)")
     p.add_argument("--force", action="store_true", help="rerun and replace finished runs")

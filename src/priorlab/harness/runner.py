@@ -5,6 +5,11 @@ when its run finishes, so Ctrl-C (or a crash) loses only the runs in flight, and
 redoes nothing finished. Each file records its config; a file whose config (hashed anew on
 reading) does not match the current one, or that does not parse, stops with an error naming it.
 A full-tier run first registers the claim (:mod:`priorlab.harness.registration`).
+
+Exploratory runs override keys of a tier's config (``priorlab reproduce --set``): their records
+carry ``"exploratory": {"overrides": ...}``, they never register the claim, and a plan without
+overrides refuses to read them. Where runs execute (in process, a local pool, Ray) is
+:mod:`priorlab.harness.executors`; whatever the executor, this process writes every file.
 """
 
 from __future__ import annotations
@@ -15,12 +20,10 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
-from priorlab.errors import PriorlabError
+from priorlab.errors import PriorlabError, UsageError, did_you_mean
 from priorlab.harness.claim import TIERS, Claim, RunOutput
 from priorlab.harness.provenance import environment, git_commit
 from priorlab.harness.registration import register
@@ -40,6 +43,7 @@ class Job:
     config: dict
     config_hash: str
     path: Path
+    overrides: dict | None = None  # exploratory: the keys of the tier's config that were overridden
 
 
 def reproduction_module(card: MethodCard):
@@ -77,11 +81,25 @@ def reproduction_cards(keys=None) -> list[MethodCard]:
     return list(owners.values())
 
 
-def config_hash(claim: Claim, arm: str, tier: str, seed: int) -> str:
-    blob = json.dumps({"seed_id": claim.seed_id, "revision": claim.revision, "arm": arm,
-                       "tier": tier, "seed": seed, "config": claim.tiers[tier]},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def tier_config(claim: Claim, tier: str, overrides: dict | None = None) -> dict:
+    """The tier's config with ``overrides`` applied; an override must name a key it has."""
+    config = dict(claim.tiers[tier])
+    for key in overrides or {}:
+        if key not in config:
+            raise did_you_mean(key, config, f"config key of {claim.method}'s {tier} tier (--set)")
+    return {**config, **(overrides or {})}
+
+
+def overrides_hash(overrides: dict) -> str:
+    return hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def config_hash(claim: Claim, arm: str, tier: str, seed: int, overrides: dict | None = None) -> str:
+    fields = {"seed_id": claim.seed_id, "revision": claim.revision, "arm": arm, "tier": tier,
+              "seed": seed, "config": tier_config(claim, tier, overrides)}
+    if overrides:  # kept out of the blob otherwise, so the hashes of committed runs do not move
+        fields["overrides"] = overrides
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run_path(results: Path, claim: Claim, tier: str, arm: str, seed: int) -> Path:
@@ -115,6 +133,9 @@ def read_result(path: Path, job: Job | None = None) -> dict:
         if not isinstance(data[key], kind) or isinstance(data[key], bool):
             raise _corrupt(path, f"has an invalid {key!r}")
     if job is not None:
+        if data.get("exploratory") and not job.overrides:
+            raise PriorlabError(f"results file {path} is an exploratory run (--set), never read for a "
+                                "verdict; move it out of this results folder")
         if (data["arm"], data["seed"], data["tier"]) != (job.arm, job.seed, job.tier):
             raise _corrupt(path, f"holds arm {data['arm']!r} seed {data['seed']} of tier "
                                  f"{data['tier']!r}, not what its name says")
@@ -129,7 +150,7 @@ def read_result(path: Path, job: Job | None = None) -> dict:
 
 
 def plan(card: MethodCard, tier: str, n_seeds: int | None, results: Path,
-         seed_start: int = 0) -> tuple[Claim, list[Job]]:
+         seed_start: int = 0, overrides: dict | None = None) -> tuple[Claim, list[Job]]:
     """The jobs of a card's claim at a tier: seeds ``seed_start .. seed_start + n - 1``."""
     if tier not in TIERS:
         raise PriorlabError(f"unknown tier {tier!r}; use one of {', '.join(TIERS)}")
@@ -139,14 +160,22 @@ def plan(card: MethodCard, tier: str, n_seeds: int | None, results: Path,
         raise PriorlabError(f"--seeds must be at least 1, got {seeds}")
     if seed_start < 0:
         raise PriorlabError(f"--seed-start must be >= 0, got {seed_start}")
-    jobs = [Job(card.reproduction, arm, tier, seed, claim.tiers[tier],
-                config_hash(claim, arm, tier, seed), run_path(results, claim, tier, arm, seed))
+    config = tier_config(claim, tier, overrides)
+    jobs = [Job(card.reproduction, arm, tier, seed, config, config_hash(claim, arm, tier, seed, overrides),
+                run_path(results, claim, tier, arm, seed), overrides or None)
             for seed in range(seed_start, seed_start + seeds) for arm in claim.arms_for(tier)]
     return claim, jobs
 
 
 def execute(job: Job) -> dict:
-    """Run one job, single-threaded, and write its result file atomically; returns the record.
+    """Run one job and write its result file atomically; returns the record."""
+    record = compute(job)
+    write_result(job.path, record)
+    return record
+
+
+def compute(job: Job) -> dict:
+    """Run one job, single-threaded, and return its record (written by the caller).
 
     One torch thread per run keeps results independent of the machine's core count and avoids
     oversubscription; parallelism comes from running jobs side by side (``--jobs``).
@@ -178,23 +207,38 @@ def execute(job: Job) -> dict:
               "info": out.info, "resolution": {k: float(v) for k, v in out.resolution.items()},
               "tuning": out.tuning, "wall_time_s": round(time.perf_counter() - start, 3),
               "git_commit": git_commit(), "versions": environment(), "torch_threads": 1}
-    job.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = job.path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=float))
-    os.replace(tmp, job.path)
+    if job.overrides:
+        record["exploratory"] = {"overrides": job.overrides}
     return record
 
 
+def write_result(path: Path, record: dict) -> None:
+    """Write one result file atomically: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=float))
+    os.replace(tmp, path)
+
+
 def run_reproductions(cards: list[MethodCard], *, tier: str, results: Path, n_seeds: int | None = None,
-                      jobs: int = 1, force: bool = False, seed_start: int = 0) -> None:
+                      jobs: int = 1, force: bool = False, seed_start: int = 0, executor: str = "local",
+                      address: str | None = None, overrides: dict | None = None) -> None:
     """Run every missing (or, with ``force``, every) job of the given cards.
 
-    At the full tier each claim is registered (or checked against its lock) before any run.
+    At the full tier each claim is registered (or checked against its lock) before any run, unless
+    the runs are exploratory (``overrides``). A failed run does not stop the others; when any
+    failed, :class:`~priorlab.harness.executors.RunsFailed` is raised at the end naming them.
     """
+    from priorlab.harness.executors import EXECUTORS, run_jobs
+
+    if executor not in EXECUTORS:
+        raise did_you_mean(executor, EXECUTORS, "executor")
+    if address and executor != "ray":
+        raise UsageError("--address needs --executor ray")
     todo: list[Job] = []
     for card in cards:
-        claim, planned = plan(card, tier, n_seeds, results, seed_start)
-        if tier == "full":
+        claim, planned = plan(card, tier, n_seeds, results, seed_start, overrides)
+        if tier == "full" and not overrides:
             register(claim, results, git_commit())
         for job in planned:
             if job.path.exists() and not force:
@@ -205,30 +249,15 @@ def run_reproductions(cards: list[MethodCard], *, tier: str, results: Path, n_se
         return
     bar = progress(total=len(todo), desc=f"{tier} runs", leave=True)
     try:
-        if jobs <= 1:
-            for job in todo:
-                bar.set_postfix_str(f"{job.module}:{job.arm}:s{job.seed}")
-                execute(job)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(execute, job) for job in todo]
-                try:
-                    for future in as_completed(futures):
-                        future.result()
-                        bar.update()
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
+        run_jobs(todo, executor=executor, jobs=jobs, address=address, bar=bar)
     finally:
         bar.close()
 
 
 def load_results(card: MethodCard, tier: str, results: Path, n_seeds: int | None = None,
-                 seed_start: int = 0) -> tuple[Claim, list[dict]]:
+                 seed_start: int = 0, overrides: dict | None = None) -> tuple[Claim, list[dict]]:
     """The finished runs of the card's plan (missing ones are left out)."""
-    claim, planned = plan(card, tier, n_seeds, results, seed_start)
+    claim, planned = plan(card, tier, n_seeds, results, seed_start, overrides)
     return claim, [read_result(j.path, j) for j in planned if j.path.exists()]
 
 
@@ -243,3 +272,26 @@ def stored_tiers(results: Path) -> list[tuple[str, str]]:
         raise PriorlabError(f"results folder {results} does not exist")
     return [(d.parent.name, d.name) for d in sorted(results.glob("*/*"))
             if d.is_dir() and d.name in TIERS and any(d.glob("*__seed*.json"))]
+
+
+def write_tensorboard(records: list[dict], out: Path) -> list[Path]:
+    """Each record's curves as TensorBoard scalars under ``out/<method>/<tier>/<arm>__seed<k>/``.
+
+    A curve's x is the step when every x is a whole number, else the point's index. Earlier event
+    files in a run's folder are replaced, so writing again does not duplicate the curves.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    folders = []
+    for r in records:
+        folder = Path(out) / r["method"] / r["tier"] / f"{r['arm']}__seed{r['seed']}"
+        for old in folder.glob("events.out.tfevents.*"):
+            old.unlink()
+        with SummaryWriter(str(folder)) as writer:
+            for name, curve in r["curves"].items():
+                xs = curve["x"]
+                steps = [int(x) for x in xs] if all(float(x).is_integer() for x in xs) else range(len(xs))
+                for step, y in zip(steps, curve["y"]):
+                    writer.add_scalar(name, float(y), global_step=step)
+        folders.append(folder)
+    return folders
