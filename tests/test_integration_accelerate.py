@@ -3,43 +3,24 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import priorlab
+from integration_setup import ATOL, EPOCHS, RTOL, tiny_adapters, tiny_loader, tiny_net
 from priorlab.integrations import AdapterRunner
-from priorlab.methods.gg_prior import BackSlash
-from priorlab.methods.random_teacher import RandomTeacher
 from priorlab.train import fit
 
 accelerate = pytest.importorskip("accelerate")
 
-EPOCHS = 3
-ATOL, RTOL = 1e-6, 1e-5  # float32; the same operations in the same order
 
-
-def _net(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-
-
-def _loader():
-    generator = torch.Generator().manual_seed(1)
-    x, y = torch.randn(32, 6, generator=generator), torch.randint(0, 3, (32,), generator=generator)
-    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
-
-
-def _adapters():
-    return [RandomTeacher(_net(1), weight=0.5), BackSlash(rate=0.05)]
 
 
 def _accelerate_loop(logged):
     """The recipe (README): prepare as usual, then call the runner where fit() calls the hooks."""
     accelerator = accelerate.Accelerator(cpu=True)
-    model = _net(0)
+    model = tiny_net(0)
     optimizer = priorlab.create_optimizer(model, "perpgrad+lion", lr=1e-2)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, _loader())
-    runner = AdapterRunner(_adapters(), "accelerate loop")
+    model, optimizer, loader = accelerator.prepare(model, optimizer, tiny_loader())
+    runner = AdapterRunner(tiny_adapters(), "accelerate loop")
     runner.setup(model, optimizer)
     for _ in range(EPOCHS):
         for x, y in loader:
@@ -57,9 +38,9 @@ def _accelerate_loop(logged):
 
 
 def test_the_accelerate_recipe_matches_fit():
-    model = _net(0)
+    model = tiny_net(0)
     optimizer = priorlab.create_optimizer(model, "perpgrad+lion", lr=1e-2)
-    history = fit(model, _loader(), optimizer, F.cross_entropy, epochs=EPOCHS, adapters=_adapters(),
+    history = fit(model, tiny_loader(), optimizer, F.cross_entropy, epochs=EPOCHS, adapters=tiny_adapters(),
                   show_progress=False)
     logged = []
     trained = _accelerate_loop(logged)

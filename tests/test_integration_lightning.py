@@ -3,13 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import priorlab
+from integration_setup import ATOL, EPOCHS, RTOL, tiny_adapters, tiny_loader, tiny_net
 from priorlab.errors import PriorlabError
-from priorlab.methods.gg_prior import BackSlash
-from priorlab.methods.random_teacher import RandomTeacher
 from priorlab.train import fit
 
 L = pytest.importorskip("lightning.pytorch")
@@ -17,29 +14,11 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 from priorlab.integrations.lightning import PriorlabCallback, PriorlabLossMixin  # noqa: E402
 
-EPOCHS = 3
-ATOL, RTOL = 1e-6, 1e-5  # float32; the two loops run the same operations in the same order
-
-
-def _net(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-
-
-def _loader():
-    generator = torch.Generator().manual_seed(1)
-    x, y = torch.randn(32, 6, generator=generator), torch.randint(0, 3, (32,), generator=generator)
-    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
-
-
-def _adapters():
-    return [RandomTeacher(_net(1), weight=0.5), BackSlash(rate=0.05)]
-
 
 class _Module(PriorlabLossMixin, L.LightningModule):
     def __init__(self):
         super().__init__()
-        self.net = _net(0)
+        self.net = tiny_net(0)
 
     def forward(self, x):
         return self.net(x)
@@ -60,15 +39,15 @@ def _trainer(tmp_path, callbacks, **kwargs):
 
 
 def test_lightning_matches_fit_and_logs_every_term(tmp_path):
-    model = _net(0)
+    model = tiny_net(0)
     optimizer = priorlab.create_optimizer(model, "perpgrad+lion", lr=1e-2)
-    history = fit(model, _loader(), optimizer, F.cross_entropy, epochs=EPOCHS, adapters=_adapters(),
+    history = fit(model, tiny_loader(), optimizer, F.cross_entropy, epochs=EPOCHS, adapters=tiny_adapters(),
                   show_progress=False)
 
-    module, callback = _Module(), PriorlabCallback(_adapters())
+    module, callback = _Module(), PriorlabCallback(tiny_adapters())
     trainer = _trainer(tmp_path, [callback])
-    trainer.fit(module, _loader())
-    moved = any(not torch.equal(a, b) for a, b in zip(module.net.parameters(), _net(0).parameters()))
+    trainer.fit(module, tiny_loader())
+    moved = any(not torch.equal(a, b) for a, b in zip(module.net.parameters(), tiny_net(0).parameters()))
     assert moved
     for got, want in zip(module.net.parameters(), model.parameters()):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL)
@@ -79,20 +58,20 @@ def test_lightning_matches_fit_and_logs_every_term(tmp_path):
 
 
 def test_the_adapters_state_travels_in_lightning_checkpoints(tmp_path):
-    module, callback = _Module(), PriorlabCallback(_adapters())
+    module, callback = _Module(), PriorlabCallback(tiny_adapters())
     trainer = _trainer(tmp_path, [callback])
-    trainer.fit(module, _loader())
+    trainer.fit(module, tiny_loader())
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"][callback.state_key]
     assert saved["step"] == EPOCHS * 4 and saved["adapters"][1]["steps"] == EPOCHS * 4
-    restored = PriorlabCallback(_adapters())
+    restored = PriorlabCallback(tiny_adapters())
     restored.load_state_dict(saved)
     assert restored.runner.adapters[1].steps == EPOCHS * 4
 
 
 def test_the_mixin_without_the_callback_and_gradient_accumulation_are_refused(tmp_path):
     with pytest.raises(PriorlabError, match="exactly one PriorlabCallback"):
-        _trainer(tmp_path, []).fit(_Module(), _loader())
+        _trainer(tmp_path, []).fit(_Module(), tiny_loader())
     with pytest.raises(PriorlabError, match="accumulate_grad_batches"):
-        trainer = _trainer(tmp_path, [PriorlabCallback(_adapters())], accumulate_grad_batches=2)
-        trainer.fit(_Module(), _loader())
+        trainer = _trainer(tmp_path, [PriorlabCallback(tiny_adapters())], accumulate_grad_batches=2)
+        trainer.fit(_Module(), tiny_loader())
