@@ -75,9 +75,13 @@ def _status(card: MethodCard, results: Path | None = None) -> str:
         entry = _packaged(card)
         return entry["cards"].get(card.id, entry["status"]) if entry else "not run"
     try:
-        summary = _full_summary(card, results)
+        return _status_of(card, _full_summary(card, results))
     except PriorlabError:
         return f"stale or unreadable results (priorlab info {card.id})"
+
+
+def _status_of(card: MethodCard, summary: dict | None) -> str:
+    """The verdict of the comparisons about ``card`` in a summary of its stored results."""
     if summary is None:
         return "not run"
     return summary["cards"].get(card.id, summary["status"])
@@ -149,15 +153,17 @@ def render_card(card: MethodCard) -> str:
             how = ", ".join(row["tested_by"]) or f"UNTESTED: {row['untested']}"
             out.append(textwrap.fill(f"clause: {row['clause']} — {how}", 96, initial_indent="  ",
                                      subsequent_indent="    "))
-        out.append(f"  run: priorlab reproduce {card.seed_id} --tier full    "
-                   f"verdict (committed results): {_status(card)}")
         if checkout_results() is None:
-            out += _packaged_lines(card)
-            return "\n".join(out)
-        try:
+            out.append(f"  run: priorlab reproduce {card.seed_id} --tier full    "
+                       f"verdict (committed results): {_status(card)}")
+            return "\n".join(out + _packaged_lines(card))
+        try:  # one load serves the verdict line and the comparison lines
             summary = _full_summary(card)
+            status = _status_of(card, summary)
         except PriorlabError:
-            summary = None
+            summary, status = None, f"stale or unreadable results (priorlab info {card.id})"
+        out.append(f"  run: priorlab reproduce {card.seed_id} --tier full    "
+                   f"verdict (committed results): {status}")
         for t in (summary["comparisons"] + summary["guards"]) if summary else ():
             out.append("    " + _test_line(t))
     return "\n".join(out)

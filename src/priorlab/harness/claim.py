@@ -27,6 +27,12 @@ def _check_thresholds(where: str, kind: str, min_effect: float, margin: float) -
                                 "(a negative threshold would let a worse method pass)")
 
 
+def threshold(rule) -> float:
+    """The bar a comparison, guard or bound is judged against: ``min_effect`` for superiority,
+    ``margin`` for non-inferiority."""
+    return rule.min_effect if rule.kind == "superiority" else rule.margin
+
+
 @dataclass(frozen=True)
 class Budget:
     """How long the paper trains and how long we do, in one unit (epochs, steps, iterations).

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from priorlab.harness.claim import Bound, Claim, Comparison
+from priorlab.harness.claim import Bound, Budget, Claim, Comparison, threshold
 from priorlab.harness.verdict import Test, combine, compare, verdict_text
 
 PIPELINE_OK, PIPELINE_INCOMPLETE = "pipeline ok", "pipeline incomplete"
@@ -48,29 +48,32 @@ def _grid_edges(records: list[dict], arms) -> str:
     return "; ".join(notes)
 
 
-def _test(claim: Claim, c: Comparison, records: list[dict], tier: str, *, metric: str,
-          higher_is_better: bool, kind: str, threshold: float, clause: str) -> Test:
+def _under_budget(budget: Budget | None, tier: str) -> str:
+    """The downgrade reason when the full tier trains less than the paper, or ''."""
+    if tier == "full" and budget is not None and budget.under:
+        return f"under the paper's budget: {budget.describe()}"
+    return ""
+
+
+def _test(claim: Claim, c: Comparison, records: list[dict], tier: str, *, rule, metric: str,
+          higher_is_better: bool, clause: str) -> Test:
+    """Comparison ``c`` on ``metric``, judged by ``rule`` (the comparison itself or a guard)."""
     table = _values(records, c.arms, metric)
-    budget = claim.budget_of(c)
-    under = (f"under the paper's budget: {budget.describe()}"
-             if tier == "full" and budget is not None and budget.under else "")
     return compare(table[c.method], table[c.baseline], method=c.method, baseline=c.baseline,
-                   metric=metric, higher_is_better=higher_is_better, kind=kind,
-                   threshold=threshold, resolution=_resolution(claim, records, c.arms, metric),
+                   metric=metric, higher_is_better=higher_is_better, kind=rule.kind,
+                   threshold=threshold(rule), resolution=_resolution(claim, records, c.arms, metric),
                    minus=(table[c.minus[0]], table[c.minus[1]]) if c.minus else None,
-                   under_budget=under, grid_edge=_grid_edges(records, c.arms), label=c.label,
-                   clause=clause, card=c.card or claim.method)
+                   under_budget=_under_budget(claim.budget_of(c), tier),
+                   grid_edge=_grid_edges(records, c.arms), label=c.label, clause=clause,
+                   card=c.card or claim.method)
 
 
 def _bound_test(claim: Claim, b: Bound, records: list[dict], tier: str) -> Test:
     values = _values(records, (b.arm,), b.metric)[b.arm]
-    budget = claim.budget
-    under = (f"under the paper's budget: {budget.describe()}"
-             if tier == "full" and budget is not None and budget.under else "")
     return compare(values, {seed: b.bar for seed in values}, method=b.arm, baseline=f"bar {b.bar:g}",
                    metric=b.metric, higher_is_better=b.higher_is_better, kind=b.kind,
-                   threshold=b.min_effect if b.kind == "superiority" else b.margin,
-                   resolution=_resolution(claim, records, (b.arm,), b.metric), under_budget=under,
+                   threshold=threshold(b), resolution=_resolution(claim, records, (b.arm,), b.metric),
+                   under_budget=_under_budget(claim.budget, tier),
                    grid_edge=_grid_edges(records, (b.arm,)), label=b.label, clause=b.clause,
                    card=b.card or claim.method)
 
@@ -97,13 +100,10 @@ def summarise(claim: Claim, records: list[dict], tier: str, n_seeds: int) -> dic
     arms = claim.arms_for(tier)
     comparisons = claim.comparisons_for(tier)
     tests = [_test(claim, c, records, tier, metric=claim.metric,
-                   higher_is_better=claim.higher_is_better, kind=c.kind,
-                   threshold=c.min_effect if c.kind == "superiority" else c.margin, clause=c.clause)
+                   higher_is_better=claim.higher_is_better, rule=c, clause=c.clause)
              for c in comparisons]
     guard_tests = [_test(claim, c, records, tier, metric=g.metric,
-                         higher_is_better=g.higher_is_better, kind=g.kind,
-                         threshold=g.min_effect if g.kind == "superiority" else g.margin,
-                         clause=g.clause or c.clause)
+                         higher_is_better=g.higher_is_better, rule=g, clause=g.clause or c.clause)
                    for g in claim.guards for c in comparisons if not c.minus]
     tests += [_bound_test(claim, b, records, tier) for b in claim.bounds if b.arm in arms]
     all_tests = tests + guard_tests

@@ -69,7 +69,8 @@ def _load_cloud(path, what, drop_invalid=False) -> np.ndarray:
     )
 
 
-def _estimator(args, results):
+def _estimator(args, results, remove_ground=None):
+    """The CLI's pair estimator; ``remove_ground`` overrides ``--remove-ground`` (None keeps it)."""
     from priorlab.sceneflow.trajectory import make_estimator
 
     return _stop_on_interrupt(
@@ -79,7 +80,7 @@ def _estimator(args, results):
             seed=args.seed,
             max_iters=args.max_iters,
             max_range=args.max_range,
-            remove_ground=args.remove_ground,
+            remove_ground=args.remove_ground if remove_ground is None else remove_ground,
             progress=not args.quiet,
             device=args.device,
             results=results,

@@ -17,8 +17,6 @@ from priorlab.sceneflow.commands import (
     _load_cloud,
     _out_path,
     _print_metrics,
-    _stop_on_interrupt,
-    _thread_opt,
     _writable_folder,
 )
 
@@ -75,7 +73,7 @@ def read_poses(path, n: int | None = None) -> np.ndarray:
 
 
 def _accumulate(args) -> int:
-    from priorlab.sceneflow.trajectory import fit_mask, accumulate, make_estimator
+    from priorlab.sceneflow.trajectory import fit_mask, accumulate
 
     _check_fit_args(args)
     if len(args.frames) < 2:
@@ -106,21 +104,7 @@ def _accumulate(args) -> int:
                     f"dropped {dropped} ground points: without --poses the ground cannot be aligned "
                     "(the flow is fitted on non-ground points)"
                 )
-        fields = _stop_on_interrupt(
-            make_estimator(
-                args.method,
-                points=args.points,
-                seed=args.seed,
-                max_iters=args.max_iters,
-                max_range=args.max_range,
-                remove_ground=remove_ground,
-                progress=not args.quiet,
-                device=args.device,
-                results=results,
-                **_thread_opt(args),
-            ),
-            results,
-        )
+        fields = _estimator(args, results, remove_ground=remove_ground)
     cloud = accumulate(clouds, fields, poses=poses, rigid=rigid, progress=not args.quiet)
     dt = time.perf_counter() - t0
     np.savez_compressed(out, points=cloud[:, :3].astype(np.float32), frame=cloud[:, 3].astype(np.int32))
