@@ -20,7 +20,7 @@ from priorlab.errors import UsageError
 from priorlab.sceneflow.commands import _estimate, _eval
 from priorlab.sceneflow.commands_sequences import _accumulate, _demo
 
-METHODS = ("nsfp", "fast", "free")
+METHODS = ("rigid", "nsfp", "fast", "free")
 
 _FIT_NOTE = (
     "The flow is fitted on the filtered clouds (--max-range crop, --remove-ground, --points subsample) "
@@ -39,8 +39,9 @@ def _add_fit_options(p, *, points=8192, max_iters=None, method="nsfp", methods=M
         "--method",
         default=method,
         choices=methods,
-        help=f"nsfp = Neural Scene Flow Prior (Li et al. 2021), fast = Fast Neural Scene Flow "
-        f"(Li et al. 2023, distance-transform loss), free = per-point free variables (default {method})",
+        help=f"rigid = ego motion + clusters registered as rigid bodies (ICP-Flow style, no optimiser, "
+        f"every point; z up), nsfp = Neural Scene Flow Prior (Li et al. 2021), fast = Fast Neural Scene "
+        f"Flow (Li et al. 2023, distance-transform loss), free = per-point free variables (default {method})",
     )
     p.add_argument(
         "--points",
@@ -114,6 +115,9 @@ def add_flow_subparser(subparsers) -> argparse.ArgumentParser:
         help="output .npz with key 'flow' (N,3), one row per PC1 point",
     )
     _add_fit_options(p)
+    p.add_argument("--ego-motion", metavar="POSE", default=None,
+                   help="rigid only: the 4x4 pose mapping PC1 into PC2's frame (.npy, or text with 16 "
+                   "or KITTI's 12 numbers); default: estimated by GICP")
     _add_drop_invalid(p)
 
     p = sub.add_parser(

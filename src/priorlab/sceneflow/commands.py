@@ -25,6 +25,14 @@ def _check_fit_args(args):
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.max_range is not None and not args.max_range > 0:
         raise UsageError(f"--max-range must be > 0 m, got {args.max_range}")
+    if args.method == "rigid":
+        if args.max_range is not None:
+            raise UsageError("--max-range applies to the optimised methods; 'rigid' uses the whole sweep")
+        # rigid uses every point and removes the ground itself; the fit options do not apply
+        args.points, args.max_iters, args.remove_ground = None, None, False
+    elif getattr(args, "ego_motion", None) is not None:
+        raise UsageError("--ego-motion is an input of --method rigid only (the other methods' flow "
+                         "includes the ego motion they find)")
 
 
 def _writable_folder(folder: Path, what: str) -> None:
@@ -106,6 +114,24 @@ def _thread_opt(args) -> dict:
     return {} if args.threads is None else {"num_threads": args.threads}
 
 
+def _read_pose(path) -> np.ndarray:
+    """A 4x4 pose from a .npy file or a text file (16 numbers, or 12 as a KITTI 3x4 row)."""
+    p = Path(path)
+    if not p.is_file():
+        raise PriorlabError(f"pose file not found: {str(p)!r}")
+    try:
+        values = np.load(p) if p.suffix == ".npy" else np.loadtxt(p)
+    except ValueError as err:
+        raise PriorlabError(f"{p.name}: not a pose ({err})") from None
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 12:
+        values = np.concatenate([values, [0.0, 0.0, 0.0, 1.0]])
+    if values.size != 16 or not np.isfinite(values).all():
+        raise PriorlabError(f"{p.name}: expected a 4x4 (or KITTI 3x4) pose of finite numbers, "
+                            f"got {values.size} values")
+    return values.reshape(4, 4)
+
+
 def _estimate(args) -> int:
     from priorlab.sceneflow.io import save_flow
     from priorlab.sceneflow.trajectory import fit_mask, field_from_result
@@ -122,17 +148,21 @@ def _estimate(args) -> int:
             raise PriorlabError(
                 f"only {int(m.sum())} {name} points left after --max-range/--remove-ground; loosen them"
             )
-    res = estimate_flow(
-        pc1[m1],
-        pc2[m2],
-        method=args.method,
-        points=args.points,
-        seed=args.seed,
-        max_iters=args.max_iters,
-        progress=not args.quiet,
-        device=args.device,
-        **_thread_opt(args),
-    )
+    if args.method == "rigid":
+        extra = {} if args.ego_motion is None else {"ego_motion": _read_pose(args.ego_motion)}
+        res = estimate_flow(pc1, pc2, method="rigid", seed=args.seed, **extra)
+    else:
+        res = estimate_flow(
+            pc1[m1],
+            pc2[m2],
+            method=args.method,
+            points=args.points,
+            seed=args.seed,
+            max_iters=args.max_iters,
+            progress=not args.quiet,
+            device=args.device,
+            **_thread_opt(args),
+        )
     if m1.all():
         flow = np.asarray(res.flow, dtype=np.float32)
     else:
@@ -148,11 +178,16 @@ def _estimate(args) -> int:
         fit_mask=m1,
     )
     n_fit = int(m1.sum()) if args.points is None else min(int(m1.sum()), args.points)
-    print(
-        f"method {args.method}: {res.iterations} iterations in {res.time_s:.1f} s, final loss "
-        f"{res.final_loss:.5g}"
-    )
-    print(f"fitted on {n_fit} of {len(pc1)} PC1 points; flow written for all {len(pc1)} points")
+    if args.method == "rigid":
+        info = res.info
+        print(f"method rigid: {info['dynamic_clusters']} moving of {info['clusters']} clusters, ego motion "
+              f"{'estimated' if info['ego_estimated'] else 'given'}, {res.time_s:.1f} s")
+    else:
+        print(
+            f"method {args.method}: {res.iterations} iterations in {res.time_s:.1f} s, final loss "
+            f"{res.final_loss:.5g}"
+        )
+        print(f"fitted on {n_fit} of {len(pc1)} PC1 points; flow written for all {len(pc1)} points")
     mag = np.linalg.norm(flow, axis=1)
     print(f"|flow|: mean {mag.mean():.3f} m, max {mag.max():.3f} m")
     if res.interrupted:

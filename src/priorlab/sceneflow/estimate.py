@@ -6,11 +6,15 @@ Methods:
   MLP, truncated Chamfer, Adam.
 * ``"fast"`` -- Fast Neural Scene Flow (see :mod:`priorlab.sceneflow.fast`): the same MLP trained on a
   voxel-grid distance-transform loss, Adam, no cycle net.
+* ``"rigid"`` -- a rigid-motion prior, no optimiser (see :mod:`priorlab.sceneflow.rigid`): ego
+  motion (given or estimated by GICP) plus clusters registered as rigid bodies, ICP-Flow style. It
+  uses every point; pass ``ego_motion``, ``ground1``/``ground2`` and per-point ``times1``/``times2``
+  when you have them.
 * ``"free"`` -- no prior: one free 3-vector per point (initialised at zero), optimised directly with
   the same truncated Chamfer (forward term only) by Adam. This is the baseline the NSFP paper argues
   against: nothing couples neighbouring points, so each point just slides to its nearest neighbour.
 
-All three share one optimisation loop: the loss of the current parameters is evaluated, the
+The three optimised methods share one loop: the loss of the current parameters is evaluated, the
 lowest-loss iterate is remembered, an optional ``callback(iteration, loss)`` is called, early
 stopping is checked (NSFP's rule: stop after ``patience`` consecutive iterations without the loss
 going below ``best - min_delta``; ``patience=0`` disables it; NaN stops), then a gradient step is
@@ -51,12 +55,14 @@ from priorlab.sceneflow.fast import FAST_DEFAULTS, FastProblem
 from priorlab.sceneflow.losses import KDIndex, _chamfer
 from priorlab.sceneflow.nsfp import NSFP_DEFAULTS, NSFPProblem
 from priorlab.sceneflow.preprocess import check_points, subsample
+from priorlab.sceneflow.rigid import RIGID_DEFAULTS, estimate_rigid
 
 __all__ = ["FlowResult", "estimate_flow", "METHODS", "FREE_DEFAULTS", "defaults", "DegenerateFitWarning"]
 
 FREE_DEFAULTS = dict(lr=8e-3, max_iters=5000, patience=100, min_delta=1e-4, weight_decay=0.0, truncate=2.0)
-_DEFAULTS = {"nsfp": NSFP_DEFAULTS, "fast": FAST_DEFAULTS, "free": FREE_DEFAULTS}
+_DEFAULTS = {"nsfp": NSFP_DEFAULTS, "fast": FAST_DEFAULTS, "free": FREE_DEFAULTS, "rigid": RIGID_DEFAULTS}
 METHODS = tuple(_DEFAULTS)
+OPTIMISED = ("nsfp", "fast", "free")  # methods fitted by the optimisation loop (points, iterations, lr)
 _LOOP_KEYS = ("lr", "max_iters", "patience", "min_delta")
 _COMMON_OPTIONS = ("callback", "num_threads")
 _FEW_KEPT = 0.01  # under this share of Chamfer terms within the truncation at the start, warn
@@ -262,7 +268,9 @@ def estimate_flow(
 ) -> FlowResult:
     """Estimate scene flow from ``pc1`` (N, 3) to ``pc2`` (M, 3) by run-time optimisation.
 
-    ``method``: ``"nsfp"``, ``"fast"`` or ``"free"``. ``points``: fit on that many randomly sampled
+    ``method``: ``"nsfp"``, ``"fast"``, ``"free"`` or ``"rigid"`` (whose options are those of
+    :func:`priorlab.sceneflow.rigid.rigid_flow`; the loop arguments below do not apply to it).
+    ``points``: fit on that many randomly sampled
     (seeded) points of each cloud, then evaluate the fitted field at every point of ``pc1`` (for
     ``"free"``, unfitted points take the flow of their nearest fitted point); ``None`` fits on all
     points. ``max_iters``, ``lr``, ``patience``, ``min_delta``: ``None`` means the method's official
@@ -281,6 +289,14 @@ def estimate_flow(
     t_start = time.perf_counter()
     if method not in _DEFAULTS:
         raise did_you_mean(method, METHODS, "scene-flow method")
+    if method == "rigid":
+        given = [k for k, v in dict(points=points, max_iters=max_iters, lr=lr, patience=patience,
+                                    min_delta=min_delta).items() if v is not None]
+        if given:
+            raise PriorlabError(f"{', '.join(given)} apply to the optimised methods {OPTIMISED}; "
+                                "'rigid' uses every point and has no optimiser")
+        rigid_options = {k: v for k, v in options.items() if k not in _COMMON_OPTIONS}  # no threads/loop
+        return estimate_rigid(pc1, pc2, seed=seed, **rigid_options)
     defaults_m = _DEFAULTS[method]
     allowed = set(defaults_m) - set(_LOOP_KEYS) | set(_COMMON_OPTIONS)
     for k in options:

@@ -234,6 +234,11 @@ def make_estimator(
 
     def estimator(pc_a, pc_b) -> FittedField:
         a, b = _xyz(pc_a), _xyz(pc_b)
+        if method == "rigid":  # uses every point and removes the ground itself
+            res = estimate_flow(a, b, method="rigid", seed=seed, **options)
+            if results is not None:
+                results.append(res)
+            return field_from_result(res, a)
         ma, mb = (
             fit_mask(a, max_range, remove_ground, ground_threshold),
             fit_mask(b, max_range, remove_ground, ground_threshold),
