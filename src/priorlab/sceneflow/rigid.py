@@ -55,6 +55,7 @@ RIGID_DEFAULTS = dict(
     time_weight=1.0,  # m per sweep interval of capture-time difference, when times are given
     max_error_ratio=1.0,  # a motion must bring the symmetric error under this share of the static one
     lone_error_ratio=0.5,  # the same for a cluster matched to points of other clusters (stricter)
+    lone_share=0.3,  # a cluster with under this share of the other sweep's points is matched to lone points
     attach_radius=1.0,  # m: fragments this close to a moving cluster move with it
 )
 
@@ -317,9 +318,10 @@ def rigid_flow(pc1, pc2, *, ego_motion=None, ground1=None, ground2=None, times1=
         starts_b = np.searchsorted(lb[order_b], np.arange(n_clusters + 1))
         n_a, n_b = np.diff(starts_a), np.diff(starts_b)
         # sweep-2 points of clusters (or noise) with too few sweep-1 points: where the sweep-1-only
-        # clusters of fast objects (whose two copies do not touch) may have gone
-        lone_b = np.flatnonzero((lb < 0) | (n_a[np.maximum(lb, 0)] < opts["min_points"])
-                                if n_clusters else lb < 0)
+        # clusters of fast objects (whose two copies do not touch) may have gone.
+        # a cluster is "lone" in sweep 2 when it has few sweep-1 points for its size
+        sparse_a = n_a < np.maximum(opts["min_points"], opts["lone_share"] * n_b)
+        lone_b = np.flatnonzero((lb < 0) | sparse_a[np.maximum(lb, 0)] if n_clusters else lb < 0)
         lone_tree = cKDTree(b[lone_b, :2]) if len(lone_b) else None
         reach = opts["max_translation"] + opts["max_correspondence"]
         for c in range(n_clusters):
@@ -327,7 +329,7 @@ def rigid_flow(pc1, pc2, *, ego_motion=None, ground1=None, ground2=None, times1=
             if len(rows) < opts["min_points"]:
                 continue
             src = a[rows, :2]
-            if n_b[c] >= opts["min_points"]:
+            if n_b[c] >= max(opts["min_points"], opts["lone_share"] * n_a[c]):
                 near = order_b[starts_b[c]:starts_b[c + 1]]
                 ratio = opts["max_error_ratio"]
             elif lone_tree is not None:
