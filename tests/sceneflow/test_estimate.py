@@ -132,13 +132,13 @@ def test_bad_arguments(rigid_pair):
     with pytest.raises(PriorlabError, match="option"):
         estimate_flow(pc1, pc2, "free", voxel_size=0.2)
     with pytest.raises(PriorlabError, match="max_iters"):
-        estimate_flow(pc1, pc2, max_iters=0)
+        estimate_flow(pc1, pc2, "nsfp", max_iters=0)
     with pytest.raises(PriorlabError, match="lr"):
-        estimate_flow(pc1, pc2, lr=-1)
+        estimate_flow(pc1, pc2, "nsfp", lr=-1)
     with pytest.raises(PriorlabError, match="points"):
-        estimate_flow(pc1, pc2, points=1)
+        estimate_flow(pc1, pc2, "nsfp", points=1)
     with pytest.raises(PriorlabError, match="device"):
-        estimate_flow(pc1, pc2, device="tpu")
+        estimate_flow(pc1, pc2, "nsfp", device="tpu")
     with pytest.raises(PriorlabError, match="max_grid_bytes"):
         estimate_flow(pc1, pc2, "fast", max_grid_bytes=1000, progress=False)
     with pytest.raises(PriorlabError, match="optimizer"):

@@ -13,7 +13,7 @@ from priorlab.sceneflow.commands_sequences import read_poses
 from priorlab.sceneflow.synthetic import synthetic_sequence
 
 TINY = dict(n_beams=8, azimuth_resolution=2.0, n_objects=6, n_pedestrians=2)
-FIT = ["--max-iters", "8", "--points", "256", "--threads", "1", "--quiet"]
+FIT = ["--method", "nsfp", "--max-iters", "8", "--points", "256", "--threads", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +157,8 @@ def test_bad_inputs_exit_1_for_data_2_for_usage(files, capsys, tmp_path):
                 out,
                 "--points",
                 "1",
-                *FIT[:2],
-                *FIT[4:],
+                *FIT[:4],
+                *FIT[6:],
             ],
             "--points",
             2,

@@ -1,6 +1,6 @@
 """``priorlab flow ...``: scene flow from the command line.
 
-Subcommands: ``estimate``, ``eval``, ``demo``, ``accumulate`` (``priorlab flow CMD --help``).
+Subcommands: ``estimate``, ``run``, ``eval``, ``demo``, ``accumulate`` (``priorlab flow CMD --help``).
 The top-level CLI calls :func:`add_flow_subparser` and :func:`run_flow`; standalone use:
 ``python -m priorlab.sceneflow.cli flow demo``.
 
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 from priorlab.errors import UsageError
 from priorlab.sceneflow.commands import _estimate, _eval
+from priorlab.sceneflow.commands_run import EXECUTORS, FORMATS, _eval_sequence, _run
 from priorlab.sceneflow.commands_sequences import _accumulate, _demo
 
 METHODS = ("rigid", "nsfp", "fast", "free")
@@ -34,7 +36,7 @@ _FIT_NOTE = (
 # --------------------------------------------------------------------------------------------
 
 
-def _add_fit_options(p, *, points=8192, max_iters=None, method="nsfp", methods=METHODS):
+def _add_fit_options(p, *, points=8192, max_iters=None, method="rigid", methods=METHODS):
     p.add_argument(
         "--method",
         default=method,
@@ -97,7 +99,8 @@ def add_flow_subparser(subparsers) -> argparse.ArgumentParser:
         "(no training data). Flow convention: pc1 + flow = where each point is in the second sweep, "
         "in the second sweep's coordinates (includes ego motion, as in Argoverse 2).",
     )
-    sub = flow.add_subparsers(dest="flow_command", metavar="{estimate,eval,demo,accumulate}", required=True)
+    sub = flow.add_subparsers(dest="flow_command", metavar="{estimate,run,eval,demo,accumulate}",
+                              required=True)
 
     p = sub.add_parser(
         "estimate",
@@ -119,15 +122,58 @@ def add_flow_subparser(subparsers) -> argparse.ArgumentParser:
                    help="rigid only: the 4x4 pose mapping PC1 into PC2's frame (.npy, or text with 16 "
                    "or KITTI's 12 numbers); default: estimated by GICP")
     _add_drop_invalid(p)
+    _add_rrd(p, gt_help="GT.npz (key 'flow', optional 'eval_mask') shown in the --rrd recording: GT "
+             "arrows and per-point error")
+
+    p = sub.add_parser(
+        "run",
+        help="flow for every consecutive pair of a sequence (resumable)",
+        description="Estimate flow for every consecutive pair (frame k -> k+1) of SEQ and write one "
+        "file per frame k into DIR: <frame name>.npz (key 'flow', as 'flow estimate'), or with "
+        "--format av2-2024 the Argoverse 2 2024 Scene Flow Challenge layout <log_id>/<k:010d>.feather "
+        "(every 5th frame) + metadata.json. SEQ is an Argoverse 2 log (sensors/lidar/*.feather + "
+        "city_SE3_egovehicle.feather), a KITTI sequence (velodyne/*.bin, optional poses.txt, "
+        "converted to lidar poses with calib.txt's Tr) or a folder of frames of one type "
+        "(.bin/.pcd/.ply/.npy/...) with an optional poses file (the only *pose*.txt/.npy in it, or "
+        "--poses). With poses, method 'rigid' uses inv(pose_k+1) @ pose_k as the ego motion. "
+        "Every file is written whole (temp file, then rename): a killed run keeps every finished "
+        "frame and a rerun skips them. A missing or unreadable frame, too few points, or poses "
+        "that do not match the frames stop the run with one line (finished frames are kept); "
+        "--skip-bad skips such pairs instead and lists them. " + _FIT_NOTE,
+    )
+    p.add_argument("seq", metavar="SEQ", help="sequence folder (AV2 log, KITTI sequence, folder of frames)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reruns resume)")
+    _add_fit_options(p)
+    p.add_argument("--poses", metavar="FILE", default=None,
+                   help="one pose per frame (frame->world), text with 12 or 16 numbers per line or "
+                   ".npy (T,4,4); overrides the poses found in SEQ")
+    p.add_argument("--format", choices=FORMATS, default="npz",
+                   help="npz = one <frame>.npz per frame (default); av2-2024 = AV2 2024 challenge "
+                   "submission folder (float16 feather, every 5th frame, metadata.json)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="pairs estimated in parallel (one torch thread each; default 1)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local = this machine (process pool with --jobs > 1); ray = Ray tasks "
+                   "(embedded Ray, or the cluster in $RAY_ADDRESS)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip pairs with a missing, unreadable or too small frame (listed at the "
+                   "end) instead of stopping")
+    _add_drop_invalid(p)
+    _add_rrd(p, gt_help="folder of ground truth <frame>.npz (as 'flow eval') shown in the --rrd "
+             "recording")
 
     p = sub.add_parser(
         "eval",
-        help="compare a flow file with ground truth",
+        help="compare a flow file (or a 'flow run' folder) with ground truth",
         description="Compare FLOW.npz (key 'flow') with GT.npz (key 'flow'; optional 'eval_mask' or 'mask', "
-        "'classes' and 'dynamic' for the three-way EPE, as in the Argoverse 2 pair files).",
+        "'classes' and 'dynamic' for the three-way EPE, as in the Argoverse 2 pair files). Given two "
+        "folders (a 'flow run' output DIR and GT_DIR), every DIR/<name>.npz is compared with "
+        "GT_DIR/<name>.npz (or an AV2 annotation GT_DIR/<name>.feather or "
+        "GT_DIR/flow_labels/<name>.feather): metrics per frame and their mean over frames; frames "
+        "without ground truth are listed and skipped.",
     )
-    p.add_argument("flow", metavar="FLOW.npz")
-    p.add_argument("gt", metavar="GT.npz")
+    p.add_argument("flow", metavar="FLOW.npz|DIR")
+    p.add_argument("gt", metavar="GT.npz|GT_DIR")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
     p = sub.add_parser(
@@ -189,11 +235,18 @@ def add_flow_subparser(subparsers) -> argparse.ArgumentParser:
         metavar="M",
         help="half-width of the PNG view in m (default 40)",
     )
-    _add_fit_options(p, method="nsfp", methods=METHODS + ("none",))
+    _add_fit_options(p, methods=METHODS + ("none",))
     _add_drop_invalid(p)
 
     flow.set_defaults(func=run_flow)
     return flow
+
+
+def _add_rrd(p, gt_help):
+    p.add_argument("--rrd", metavar="FILE.rrd", default=None,
+                   help="also write a 3-D rerun recording (both clouds, flow arrows coloured by speed, "
+                   "clusters for 'rigid'; open with: rerun FILE.rrd); needs rerun-sdk")
+    p.add_argument("--gt", metavar="GT", default=None, help=gt_help)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,16 +262,23 @@ def run_flow(args) -> int:
     if getattr(args, "quiet", False):
         set_quiet(True)
     cmd = getattr(args, "flow_command", None)
-    handlers = {"estimate": _estimate, "eval": _eval, "demo": _demo, "accumulate": _accumulate}
+    handlers = {"estimate": _estimate, "run": _run, "eval": _eval_any, "demo": _demo,
+                "accumulate": _accumulate}
     if cmd not in handlers:
         raise UsageError(
-            "missing subcommand: use 'flow estimate', 'flow eval', 'flow demo' or 'flow accumulate'"
+            "missing subcommand: use 'flow estimate', 'flow run', 'flow eval', 'flow demo' or "
+            "'flow accumulate'"
         )
     try:
         return int(handlers[cmd](args) or 0)
     except KeyboardInterrupt:
         print("interrupted: stopped before anything was written", file=sys.stderr)
         return 130
+
+
+def _eval_any(args) -> int:
+    """``flow eval``: one pair (two files) or a ``flow run`` folder against a ground-truth folder."""
+    return _eval_sequence(args) if Path(args.flow).is_dir() else _eval(args)
 
 
 def main(argv=None) -> int:

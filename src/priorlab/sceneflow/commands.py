@@ -139,6 +139,9 @@ def _estimate(args) -> int:
 
     _check_fit_args(args)
     out = _out_path(args.out, ".npz")
+    rrd = _out_path(args.rrd, ".rrd", "--rrd") if args.rrd else None
+    if args.gt is not None and rrd is None:
+        raise UsageError("--gt only feeds the --rrd recording; add --rrd FILE (or use 'flow eval')")
     pc1 = _load_cloud(args.pc1, "PC1", args.drop_invalid)
     pc2 = _load_cloud(args.pc2, "PC2", args.drop_invalid)
     m1 = fit_mask(pc1, args.max_range, args.remove_ground, 0.3)
@@ -190,6 +193,15 @@ def _estimate(args) -> int:
         print(f"fitted on {n_fit} of {len(pc1)} PC1 points; flow written for all {len(pc1)} points")
     mag = np.linalg.norm(flow, axis=1)
     print(f"|flow|: mean {mag.mean():.3f} m, max {mag.max():.3f} m")
+    if rrd is not None:
+        from priorlab.sceneflow.rerun_view import write_pair_rrd
+
+        gt = _npz(args.gt, "ground truth") if args.gt else {}
+        if gt:
+            _flow_array(gt, args.gt, "ground truth", len(flow))
+        write_pair_rrd(rrd, pc1, pc2, flow, gt=gt.get("flow"), eval_mask=gt.get("eval_mask"),
+                       labels=res.info.get("labels"), ego_motion=res.info.get("ego_motion"))
+        print(f"wrote {rrd} (open it with: rerun {rrd})")
     if res.interrupted:
         print(f"interrupted: wrote the best flow so far to {out}")
         return 130

@@ -253,7 +253,7 @@ def _zero_gradient(optimizer) -> bool:
 def estimate_flow(
     pc1,
     pc2,
-    method: str = "nsfp",
+    method: str = "rigid",
     *,
     points: int | None = None,
     seed: int = 0,

@@ -53,7 +53,7 @@ RIGID_DEFAULTS = dict(
     max_vote_points=300,
     vote_peaks=5,  # histogram peaks tried as initial translations
     time_weight=1.0,  # m per sweep interval of capture-time difference, when times are given
-    max_error_ratio=1.0,  # a motion must bring the symmetric error under this share of the static one
+    max_error_ratio=0.8,  # a motion must bring the symmetric error under this share of the static one
     lone_error_ratio=0.5,  # the same for a cluster matched to points of other clusters (stricter)
     lone_share=0.3,  # a cluster with under this share of the other sweep's points is matched to lone points
     attach_radius=1.0,  # m: fragments this close to a moving cluster move with it
@@ -290,8 +290,12 @@ def rigid_flow(pc1, pc2, *, ego_motion=None, ground1=None, ground2=None, times1=
     for key, value in [*opts.items(), ("sweep_interval", sweep_interval)]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise PriorlabError(f"rigid option {key} must be a positive number, got {value!r}")
-    p1 = check_points(pc1, "pc1", min_points=opts["min_points"], exact3=True).astype(np.float64)
-    p2 = check_points(pc2, "pc2", min_points=opts["min_points"], exact3=True).astype(np.float64)
+    p1 = check_points(pc1, "pc1", exact3=True).astype(np.float64)
+    p2 = check_points(pc2, "pc2", exact3=True).astype(np.float64)
+    for name, p in (("pc1", p1), ("pc2", p2)):
+        if len(p) < opts["min_points"]:
+            raise PriorlabError(f"{name} has only {len(p)} point(s); method 'rigid' needs at least "
+                                f"min_points={opts['min_points']} (the smallest cluster it registers)")
     tau1 = _times(times1, len(p1), "times1", sweep_interval)
     tau2 = _times(times2, len(p2), "times2", sweep_interval)
     estimated = ego_motion is None

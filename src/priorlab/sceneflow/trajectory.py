@@ -211,7 +211,7 @@ def field_from_result(result, points=None, *, k: int = 3) -> FittedField:
 
 
 def make_estimator(
-    method: str = "nsfp",
+    method: str = "rigid",
     *,
     points: int | None = None,
     seed: int = 0,
