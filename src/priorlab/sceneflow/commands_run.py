@@ -13,7 +13,6 @@ only compute; this process writes every file, as in :mod:`priorlab.harness.execu
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import sys
@@ -65,9 +64,11 @@ def compute_pair(task: PairTask, threads: int | None = 1) -> dict:
             raise PriorlabError(f"frame {Path(f).name}: {int(m.sum())} usable points, method "
                                 f"{o['method']} needs at least {need}")
     extra = {} if threads is None else {"num_threads": threads}
-    if o["method"] == "rigid":
+    if o["method"] in ("rigid", "nsfp+rigid"):  # whole sweeps: both remove the ground themselves
         ego = {} if task.ego_motion is None else {"ego_motion": task.ego_motion}
-        res = estimate_flow(pcs[0], pcs[1], method="rigid", seed=o["seed"], **ego)
+        if o["method"] == "nsfp+rigid":
+            ego.update(points=o["points"], progress=False, **extra)
+        res = estimate_flow(pcs[0], pcs[1], method=o["method"], seed=o["seed"], **ego)
         flow = np.asarray(res.flow, np.float32)
     else:
         res = estimate_flow(pcs[0][masks[0]], pcs[1][masks[1]], method=o["method"], points=o["points"],
@@ -223,7 +224,7 @@ def _run(args) -> int:
     opts = {"method": args.method, "points": args.points, "max_iters": args.max_iters,
             "seed": args.seed, "max_range": args.max_range, "remove_ground": bool(args.remove_ground),
             "device": args.device, "drop_invalid": bool(args.drop_invalid)}
-    use_poses = args.method == "rigid"  # the other methods' flow includes the ego motion they find
+    use_poses = args.method in ("rigid", "nsfp+rigid")  # the others' flow includes the ego motion they find
     tasks = [PairTask(k, str(seq.frames[k]), str(seq.frames[k + 1]),
                       seq.ego_motion(k) if use_poses else None, opts) for k in todo]
     start = time.perf_counter()
@@ -265,8 +266,11 @@ def _run(args) -> int:
 
 
 def _dispatch(tasks: list[PairTask], args, finished) -> None:
+    from priorlab.harness.executors import map_in_pool, map_on_ray
+
     if args.executor == "ray":
-        _run_on_ray(tasks, args.jobs, finished)
+        map_on_ray(_compute_single_threaded, tasks, jobs=args.jobs, address=os.environ.get("RAY_ADDRESS"),
+                   finished=finished)
     elif args.jobs <= 1:
         for task in tasks:
             try:
@@ -276,55 +280,7 @@ def _dispatch(tasks: list[PairTask], args, finished) -> None:
             else:
                 finished(task, result, None)
     else:
-        _run_in_pool(tasks, args.jobs, finished)
-
-
-def _run_in_pool(tasks, jobs: int, finished) -> None:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_compute_single_threaded, t): t for t in tasks}
-        try:
-            for future in as_completed(futures):
-                error = future.exception()
-                finished(futures[future], None if error else future.result(), error)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-
-
-def _run_on_ray(tasks, jobs: int, finished) -> None:
-    from priorlab.harness.executors import EMBEDDED_RAY_CPUS, _import_ray
-
-    ray = _import_ray()
-    started = not ray.is_initialized()
-    if started:
-        where = ({"address": os.environ["RAY_ADDRESS"]} if os.environ.get("RAY_ADDRESS")
-                 else {"num_cpus": max(jobs, EMBEDDED_RAY_CPUS), "include_dashboard": False})
-        ray.init(**where, logging_level=logging.ERROR, log_to_driver=False)
-    pending: dict = {}
-    try:
-        remote = ray.remote(num_cpus=1)(_compute_single_threaded)
-        pending = {remote.remote(t): t for t in tasks}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            task = pending.pop(ready[0])
-            try:
-                result = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
-                cause = e.as_instanceof_cause()
-                finished(task, None, cause if isinstance(cause, PriorlabError) else e)
-            else:
-                finished(task, result, None)
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    finally:
-        if started:
-            ray.shutdown()
+        map_in_pool(_compute_single_threaded, tasks, jobs=args.jobs, finished=finished)
 
 
 def _record_run(args, seq, out: Path, pairs: list[int]) -> None:
