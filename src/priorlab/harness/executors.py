@@ -62,8 +62,11 @@ def run_jobs(todo: list[Job], *, executor: str, jobs: int, address: str | None, 
             print(f"run {failures[-1].name} failed:\n{error}", file=sys.stderr)
         bar.update()
 
+    def finished_text(job: Job, record: dict | None, error: BaseException | None) -> None:
+        finished(job, record, None if error is None else _error_text(error))
+
     if executor == "ray":
-        _run_on_ray(todo, jobs, address, finished)
+        map_on_ray(compute, todo, jobs=jobs, address=address, finished=finished_text)
     elif jobs <= 1:
         for job in todo:
             bar.set_postfix_str(f"{job.module}:{job.arm}:s{job.seed}")
@@ -74,22 +77,25 @@ def run_jobs(todo: list[Job], *, executor: str, jobs: int, address: str | None, 
             else:
                 finished(job, record, None)
     else:
-        _run_in_pool(todo, jobs, finished)
+        map_in_pool(compute, todo, jobs=jobs, finished=finished_text)
     if failures:
         raise RunsFailed(failures)
 
 
-def _run_in_pool(todo: list[Job], jobs: int, finished) -> None:
+def _error_text(error: BaseException) -> str:
+    # a pool worker's traceback rides along as the cause; a RayTaskError's text holds the remote one
+    return "".join(traceback.format_exception(error))
+
+
+def map_in_pool(fn, items: list, *, jobs: int, finished) -> None:
+    """``fn(item)`` for every item in ``jobs`` spawned worker processes; ``finished(item, result,
+    error)`` is called in this process as each completes (``error``: the exception, else None)."""
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(compute, job): job for job in todo}
+        futures = {pool.submit(fn, item): item for item in items}
         try:
             for future in as_completed(futures):
-                try:
-                    record = future.result()
-                except Exception as e:  # the worker's traceback rides along as the cause
-                    finished(futures[future], None, "".join(traceback.format_exception(e)))
-                else:
-                    finished(futures[future], record, None)
+                error = future.exception()
+                finished(futures[future], None if error else future.result(), error)
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -104,7 +110,10 @@ def _import_ray():
     return ray
 
 
-def _run_on_ray(todo: list[Job], jobs: int, address: str | None, finished) -> None:
+def map_on_ray(fn, items: list, *, jobs: int, address: str | None, finished) -> None:
+    """As :func:`map_in_pool`, as Ray tasks of one CPU each: embedded here (``max(jobs, 2)`` CPUs)
+    unless ``address`` names a cluster or a connection is already open. A task's
+    :class:`PriorlabError` reaches ``finished`` as itself; other failures as Ray's error."""
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
@@ -113,17 +122,20 @@ def _run_on_ray(todo: list[Job], jobs: int, address: str | None, finished) -> No
         ray.init(**where, logging_level=logging.ERROR, log_to_driver=False)
     pending: dict = {}
     try:
-        task = ray.remote(num_cpus=1)(compute)  # one torch thread per run, as in the local pool
-        pending = {task.remote(job): job for job in todo}
+        task = ray.remote(num_cpus=1)(fn)  # one torch thread per task, as in the local pool
+        pending = {task.remote(item): item for item in items}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(done[0])
+            item = pending.pop(done[0])
             try:
-                record = ray.get(done[0])
-            except ray.exceptions.RayError as e:  # a RayTaskError's text holds the remote traceback
-                finished(job, None, str(e))
+                result = ray.get(done[0])
+            except ray.exceptions.RayTaskError as e:
+                cause = e.as_instanceof_cause()
+                finished(item, None, cause if isinstance(cause, PriorlabError) else e)
+            except ray.exceptions.RayError as e:
+                finished(item, None, e)
             else:
-                finished(job, record, None)
+                finished(item, result, None)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
