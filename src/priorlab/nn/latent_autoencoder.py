@@ -101,7 +101,21 @@ def reconstruction_bce(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, x)
 
 
-class Autoencoder(nn.Module):
+class _Decoding(nn.Module):
+    """Decoding shared by the autoencoders: ``self.decoder`` maps latents to pixel logits."""
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction probabilities (from the posterior mean for the VAE)."""
+        return self.decode(self.encode(x))
+
+
+class Autoencoder(_Decoding):
     """Deterministic autoencoder; ``bottleneck`` (if given) maps encoder outputs to latents and
     may add its own loss terms: it returns ``(latents, {name: weighted loss tensor})``."""
 
@@ -120,16 +134,6 @@ class Autoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._latents(x)[0]
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction probabilities."""
-        return self.decode(self.encode(x))
-
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         z, extra = self._latents(x)
         bce = reconstruction_bce(self.decode_logits(z), x)
@@ -137,7 +141,7 @@ class Autoencoder(nn.Module):
         return total, {"bce": bce.item(), **{k: v.item() for k, v in extra.items()}}
 
 
-class BetaVAE(nn.Module):
+class BetaVAE(_Decoding):
     """beta-VAE (Higgins et al., 2017) with a diagonal Gaussian posterior and N(0, I) prior.
 
     ``encode`` returns the posterior mean (the representation); in training mode ``loss``
@@ -159,16 +163,6 @@ class BetaVAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
-
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction probabilities from the posterior mean."""
-        return self.decode(self.encode(x))
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         mean, logvar = self.posterior(x)
