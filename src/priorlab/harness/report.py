@@ -76,6 +76,31 @@ def _plot(claim, records, arms, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_images(records, arms, path: Path) -> bool:
+    """Seed 0's images per arm: every ``info`` entry named ``*_image`` (a 2-D list of values in
+    [0, 1], e.g. a learned dictionary). Returns whether there was anything to draw."""
+    first = {r["arm"]: r for r in records if r["seed"] == 0}
+    names = sorted({k for r in first.values() for k in r["info"] if k.endswith("_image")})
+    shown = [arm for arm in arms if arm in first]
+    if not names or not shown:
+        return False
+    fig, axes = plt.subplots(len(names), len(shown), figsize=(3.2 * len(shown), 2.0 * len(names)),
+                             squeeze=False)
+    for i, name in enumerate(names):
+        for j, arm in enumerate(shown):
+            ax = axes[i][j]
+            image = first[arm]["info"].get(name)
+            if image is not None:
+                ax.imshow(np.asarray(image, dtype=float), cmap="gray", vmin=0, vmax=1,
+                          interpolation="nearest")
+            ax.set_title(f"{arm}: {name.removesuffix('_image')} (seed 0)", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return True
+
+
 def _history(results: Path, claim) -> tuple | None:
     lock = read_lock(results, claim)
     if lock is None:
@@ -138,6 +163,9 @@ def _sections(results: Path, out: Path) -> tuple[list, list[dict]]:
         plot = results / "plots" / f"{card.id}_{tier}.png"
         _plot(claim, records, claim.arms_for(tier), plot)
         blocks.append(("img", plot))
+        images = results / "plots" / f"{card.id}_{tier}_images.png"
+        if _plot_images(records, claim.arms_for(tier), images):
+            blocks.append(("img", images))
         history = _history(results, claim) if tier == "full" else None
         if history:
             blocks.append(("p", "**Claim history** (the lock `claim.lock.json` beside the results):"))
