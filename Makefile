@@ -29,6 +29,7 @@ bench: $(BIN)/priorlab
 	$(BIN)/python benchmarks/bench_loop.py
 	$(BIN)/python benchmarks/bench_lion.py
 	$(BIN)/python benchmarks/bench_sceneflow.py
+	$(BIN)/python benchmarks/bench_sceneflow_real.py
 	$(BIN)/python benchmarks/bench_longterm.py
 
 # The committed evidence: full-tier results in results/ and REPORT.md from them.

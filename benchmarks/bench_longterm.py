@@ -1,8 +1,9 @@
 """Long-term correspondences: trajectory endpoint error against sequence length.
 
-On synthetic lidar sequences with exact trajectories, per-pair NSFP fields are chained through
+On synthetic lidar sequences with exact trajectories, per-pair flow fields are chained through
 the sequence (each pair's field queried at the already-moved points) and compared with the
-true positions after k frames. Two references from the same run: zero flow (points stay put in
+true positions after k frames: the default ``rigid`` method (ego motion estimated, no poses given)
+and NSFP. Two references from the same run: zero flow (points stay put in
 their own frame) and ego motion only (the world taken as static, exact poses).
 
     python benchmarks/bench_longterm.py [--quick]
@@ -33,7 +34,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds, frames, iters = ((0,), 3, 60) if args.quick else ((0, 1, 2), 6, 300)
-    rows = {"nsfp": [], "zero_flow": [], "ego_only": []}
+    rows = {"rigid": [], "nsfp": [], "zero_flow": [], "ego_only": []}
     start = time.perf_counter()
     for seed in seeds:
         seq = synthetic_sequence(frames, seed=seed)
@@ -41,7 +42,9 @@ def main():
         sel = ~f0.is_ground & (np.abs(f0.points[:, :2]) <= 50).all(1)
         estimator = make_estimator("nsfp", points=2048, seed=seed, max_iters=iters, remove_ground=True,
                                    progress=False)
-        predictions = {"nsfp": integrate_trajectories(seq, estimator, progress=False),
+        rigid = make_estimator("rigid", seed=seed)
+        predictions = {"rigid": integrate_trajectories(seq, rigid, progress=False),
+                       "nsfp": integrate_trajectories(seq, estimator, progress=False),
                        "zero_flow": np.repeat(f0.points[None], frames, 0), "ego_only": ego_only(seq)}
         for name, traj in predictions.items():
             rows[name].append(trajectory_endpoint_error(traj, seq.trajectories, sel).tolist())
@@ -52,12 +55,14 @@ def main():
     for name, v in table.items():
         print(f"{name:<12} " + " ".join(f"{x:7.3f}" for x in v[1:]))
     ratio = [n / e for n, e in zip(table["nsfp"][1:], table["ego_only"][1:])]
+    rigid_ratio = [n / e for n, e in zip(table["rigid"][1:], table["ego_only"][1:])]
     print("nsfp / ego   " + " ".join(f"{x:7.3f}" for x in ratio))
+    print("rigid / ego  " + " ".join(f"{x:7.3f}" for x in rigid_ratio))
     out = Path(__file__).parent / "results" / "longterm.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"seeds": list(seeds), "frames": frames, "max_iters": iters, "points": 2048,
                                "mean_endpoint_error_m": table, "per_seed": rows,
-                               "nsfp_over_ego_only": ratio,
+                               "nsfp_over_ego_only": ratio, "rigid_over_ego_only": rigid_ratio,
                                "wall_s": round(time.perf_counter() - start, 1)}, indent=1))
     print(f"wrote {out}")
 
