@@ -9,15 +9,14 @@ ground; EPE in the AV2 convention, flow includes the ego motion):
   Fast-NSF's distance grid cannot span a whole sweep), the field evaluated at every eval point, ego
   flow added back;
 * rigid with the given pose, map ground labels and per-point capture times; rigid with the ego
-  motion *estimated* (GICP) and RANSAC ground (nothing given but the clouds and times);
-* nsfp+rigid with the given pose and map ground labels.
+  motion *estimated* (GICP) and RANSAC ground (nothing given but the clouds and times).
 
 Metrics: EPE, EPE on moving points (|gt - ego flow| > 0.05 m), EPE on static points, AV2 three-way
 EPE and the 2024 bucketed normalised EPE; time per pair and its ratio to nsfp@8192 in the same run.
 
 KITTI (the three lidarKITTI pairs, ego motion NOT compensated, axes rotated to z up; ground removed
 with the pairs' own labels and errors taken over the non-ground points): zero, ego-only (true pose),
-nsfp@8192 on non-ground points, rigid and nsfp+rigid with no pose. Mean EPE and mean moving-point
+nsfp@8192 on non-ground points, rigid with no pose. Mean EPE and mean moving-point
 EPE over the three pairs, and the total time.
 
 The rigid method's thresholds were chosen on the AV2 pair; the KITTI pairs were not used to tune it.
@@ -96,10 +95,7 @@ def av2_runs(skip_nsfp: bool) -> dict:
         "rigid (estimated ego)": lambda: estimate_flow(pc0, pc1, method="rigid", **times).flow[m],
     }
     if not skip_nsfp:
-        methods = {**methods, "nsfp@8192": compensated("nsfp"), "fast@8192": compensated("fast"),
-                   "nsfp+rigid (given pose)": lambda: estimate_flow(
-                       pc0, pc1, method="nsfp+rigid", ego_motion=T, ground1=g0, ground2=g1,
-                       num_threads=1).flow[m]}
+        methods = {**methods, "nsfp@8192": compensated("nsfp"), "fast@8192": compensated("fast")}
     out = {}
     for name, fn in methods.items():
         pred, seconds = timed(fn)
@@ -139,8 +135,6 @@ def kitti_runs(skip_nsfp: bool) -> dict:
         }
         if not skip_nsfp:
             methods["nsfp@8192"] = nsfp
-            methods["nsfp+rigid (no pose)"] = lambda: estimate_flow(
-                a, b, method="nsfp+rigid", ground1=g1, ground2=g2, num_threads=1).flow
         for method, fn in methods.items():
             pred, seconds = timed(fn)
             row = {"pair": name, **errors(pred[~g1], gt[~g1], moving[~g1]), "time_s": seconds}

@@ -22,7 +22,7 @@ from priorlab.sceneflow.commands import _estimate, _eval
 from priorlab.sceneflow.commands_run import EXECUTORS, FORMATS, _eval_sequence, _run
 from priorlab.sceneflow.commands_sequences import _accumulate, _demo
 
-METHODS = ("rigid", "nsfp+rigid", "nsfp", "fast", "free")
+METHODS = ("rigid", "nsfp", "fast", "free")
 
 _FIT_NOTE = (
     "The flow is fitted on the filtered clouds (--max-range crop, --remove-ground, --points subsample) "
@@ -42,7 +42,7 @@ def _add_fit_options(p, *, points=8192, max_iters=None, method="rigid", methods=
         default=method,
         choices=methods,
         help=f"rigid = ego motion + clusters registered as rigid bodies (ICP-Flow style, no optimiser, "
-        f"every point; z up), nsfp+rigid = NSFP projected onto rigid clusters, nsfp = Neural Scene Flow "
+        f"every point; z up), nsfp = Neural Scene Flow "
         f"Prior (Li et al. 2021), fast = Fast Neural Scene Flow (Li et al. 2023, distance-transform "
         f"loss), free = per-point free variables (default {method})",
     )

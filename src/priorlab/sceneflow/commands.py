@@ -25,19 +25,14 @@ def _check_fit_args(args):
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.max_range is not None and not args.max_range > 0:
         raise UsageError(f"--max-range must be > 0 m, got {args.max_range}")
-    if args.method in ("rigid", "nsfp+rigid"):
+    if args.method == "rigid":
         if args.max_range is not None:
-            raise UsageError(f"--max-range applies to the optimised methods; '{args.method}' uses the "
-                             "whole sweep")
-        if args.method == "nsfp+rigid" and args.max_iters is not None:
-            raise UsageError("--max-iters: 'nsfp+rigid' runs NSFP with its official settings")
-        # both remove the ground themselves; rigid uses every point (no subsample, no iterations)
-        args.remove_ground = False
-        if args.method == "rigid":
-            args.points, args.max_iters = None, None
+            raise UsageError("--max-range applies to the optimised methods; 'rigid' uses the whole sweep")
+        # rigid uses every point and removes the ground itself; the fit options do not apply
+        args.points, args.max_iters, args.remove_ground = None, None, False
     elif getattr(args, "ego_motion", None) is not None:
-        raise UsageError("--ego-motion is an input of --method rigid / nsfp+rigid only (the other "
-                         "methods' flow includes the ego motion they find)")
+        raise UsageError("--ego-motion is an input of --method rigid only (the other methods' flow "
+                         "includes the ego motion they find)")
 
 
 def _writable_folder(folder: Path, what: str) -> None:
@@ -156,11 +151,9 @@ def _estimate(args) -> int:
             raise PriorlabError(
                 f"only {int(m.sum())} {name} points left after --max-range/--remove-ground; loosen them"
             )
-    if args.method in ("rigid", "nsfp+rigid"):
+    if args.method == "rigid":
         extra = {} if args.ego_motion is None else {"ego_motion": _read_pose(args.ego_motion)}
-        if args.method == "nsfp+rigid":
-            extra.update(points=args.points, progress=not args.quiet, **_thread_opt(args))
-        res = estimate_flow(pc1, pc2, method=args.method, seed=args.seed, **extra)
+        res = estimate_flow(pc1, pc2, method="rigid", seed=args.seed, **extra)
     else:
         res = estimate_flow(
             pc1[m1],

@@ -64,11 +64,9 @@ def compute_pair(task: PairTask, threads: int | None = 1) -> dict:
             raise PriorlabError(f"frame {Path(f).name}: {int(m.sum())} usable points, method "
                                 f"{o['method']} needs at least {need}")
     extra = {} if threads is None else {"num_threads": threads}
-    if o["method"] in ("rigid", "nsfp+rigid"):  # whole sweeps: both remove the ground themselves
+    if o["method"] == "rigid":  # whole sweeps: it removes the ground itself
         ego = {} if task.ego_motion is None else {"ego_motion": task.ego_motion}
-        if o["method"] == "nsfp+rigid":
-            ego.update(points=o["points"], progress=False, **extra)
-        res = estimate_flow(pcs[0], pcs[1], method=o["method"], seed=o["seed"], **ego)
+        res = estimate_flow(pcs[0], pcs[1], method="rigid", seed=o["seed"], **ego)
         flow = np.asarray(res.flow, np.float32)
     else:
         res = estimate_flow(pcs[0][masks[0]], pcs[1][masks[1]], method=o["method"], points=o["points"],
@@ -224,7 +222,7 @@ def _run(args) -> int:
     opts = {"method": args.method, "points": args.points, "max_iters": args.max_iters,
             "seed": args.seed, "max_range": args.max_range, "remove_ground": bool(args.remove_ground),
             "device": args.device, "drop_invalid": bool(args.drop_invalid)}
-    use_poses = args.method in ("rigid", "nsfp+rigid")  # the others' flow includes the ego motion they find
+    use_poses = args.method == "rigid"  # the other methods' flow includes the ego motion they find
     tasks = [PairTask(k, str(seq.frames[k]), str(seq.frames[k + 1]),
                       seq.ego_motion(k) if use_poses else None, opts) for k in todo]
     start = time.perf_counter()

@@ -10,9 +10,6 @@ Methods:
   motion (given or estimated by GICP) plus clusters registered as rigid bodies, ICP-Flow style. It
   uses every point; pass ``ego_motion``, ``ground1``/``ground2`` and per-point ``times1``/``times2``
   when you have them.
-* ``"nsfp+rigid"`` -- NSFP on the ego-compensated non-ground points, its flow projected onto
-  per-cluster rigid motions and slow parts snapped to the static world (see
-  :mod:`priorlab.sceneflow.hybrid`).
 * ``"free"`` -- no prior: one free 3-vector per point (initialised at zero), optimised directly with
   the same truncated Chamfer (forward term only) by Adam. This is the baseline the NSFP paper argues
   against: nothing couples neighbouring points, so each point just slides to its nearest neighbour.
@@ -58,14 +55,12 @@ from priorlab.sceneflow.fast import FAST_DEFAULTS, FastProblem
 from priorlab.sceneflow.losses import KDIndex, _chamfer
 from priorlab.sceneflow.nsfp import NSFP_DEFAULTS, NSFPProblem
 from priorlab.sceneflow.preprocess import check_points, subsample
-from priorlab.sceneflow.hybrid import HYBRID_DEFAULTS, estimate_hybrid
 from priorlab.sceneflow.rigid import RIGID_DEFAULTS, estimate_rigid
 
 __all__ = ["FlowResult", "estimate_flow", "METHODS", "FREE_DEFAULTS", "defaults", "DegenerateFitWarning"]
 
 FREE_DEFAULTS = dict(lr=8e-3, max_iters=5000, patience=100, min_delta=1e-4, weight_decay=0.0, truncate=2.0)
-_DEFAULTS = {"nsfp": NSFP_DEFAULTS, "fast": FAST_DEFAULTS, "free": FREE_DEFAULTS, "rigid": RIGID_DEFAULTS,
-             "nsfp+rigid": HYBRID_DEFAULTS}
+_DEFAULTS = {"nsfp": NSFP_DEFAULTS, "fast": FAST_DEFAULTS, "free": FREE_DEFAULTS, "rigid": RIGID_DEFAULTS}
 METHODS = tuple(_DEFAULTS)
 OPTIMISED = ("nsfp", "fast", "free")  # methods fitted by the optimisation loop (points, iterations, lr)
 _LOOP_KEYS = ("lr", "max_iters", "patience", "min_delta")
@@ -302,16 +297,6 @@ def estimate_flow(
                                 "'rigid' uses every point and has no optimiser")
         rigid_options = {k: v for k, v in options.items() if k not in _COMMON_OPTIONS}  # no threads/loop
         return estimate_rigid(pc1, pc2, seed=seed, **rigid_options)
-    if method == "nsfp+rigid":
-        given = [k for k, v in dict(max_iters=max_iters, lr=lr, patience=patience,
-                                    min_delta=min_delta).items() if v is not None]
-        if given:
-            raise PriorlabError(f"{', '.join(given)}: 'nsfp+rigid' runs NSFP with its official settings")
-        hybrid_options = {k: v for k, v in options.items() if k not in _COMMON_OPTIONS}
-        if points is not None:
-            hybrid_options["points"] = points
-        with _threads(options.get("num_threads")):
-            return estimate_hybrid(pc1, pc2, seed=seed, progress=progress, **hybrid_options)
     defaults_m = _DEFAULTS[method]
     allowed = set(defaults_m) - set(_LOOP_KEYS) | set(_COMMON_OPTIONS)
     for k in options:

@@ -234,9 +234,8 @@ def make_estimator(
 
     def estimator(pc_a, pc_b) -> FittedField:
         a, b = _xyz(pc_a), _xyz(pc_b)
-        if method in ("rigid", "nsfp+rigid"):  # whole sweeps; they remove the ground themselves
-            extra = {} if method == "rigid" else {"points": points, "progress": progress}
-            res = estimate_flow(a, b, method=method, seed=seed, **extra, **options)
+        if method == "rigid":  # uses every point and removes the ground itself
+            res = estimate_flow(a, b, method="rigid", seed=seed, **options)
             if results is not None:
                 results.append(res)
             return field_from_result(res, a)
