@@ -150,10 +150,11 @@ class ClipWeights(Adapter):
     weights onto ``>= 0`` after every optimiser step (the official ``wclip``)."""
 
     def setup(self, model: nn.Module, optimizer) -> nn.Module:
-        if not callable(getattr(model, "clip_weights", None)):
+        inner = getattr(model, "module", model)  # under DDP the model is wrapped
+        if not callable(getattr(inner, "clip_weights", None)):
             raise PriorlabError(f"ClipWeights needs a LearnedProximalNetwork (a model with "
-                                f"clip_weights()), got {type(model).__name__}")
+                                f"clip_weights()), got {type(inner).__name__}")
         return model
 
     def after_step(self, ctx: StepContext) -> None:
-        ctx.model.clip_weights()
+        getattr(ctx.model, "module", ctx.model).clip_weights()  # each rank clips its identical copy

@@ -236,10 +236,16 @@ class TJEPA(nn.Module):
 class TJEPATargetEMA(Adapter):
     """Training-loop adapter: after each optimiser step, move the target encoder (EMA)."""
 
+    # T-JEPA draws its context/target feature masks per step for the batch it sees, so ranks holding
+    # shards of a batch train differently from one process holding all of it (the DDP contract)
+    ddp_safe = False
+
     def after_step(self, ctx: StepContext) -> None:
-        if not isinstance(ctx.model, TJEPA):
-            raise PriorlabError(f"TJEPATargetEMA needs a TJEPA model, got {type(ctx.model).__name__}")
-        ctx.model.update_target()
+        # under DDP the model is wrapped; every rank moves its own (identical) target encoder
+        model = getattr(ctx.model, "module", ctx.model)
+        if not isinstance(model, TJEPA):
+            raise PriorlabError(f"TJEPATargetEMA needs a TJEPA model, got {type(model).__name__}")
+        model.update_target()
 
 
 def jepa_loss(loss: torch.Tensor, _targets=None) -> torch.Tensor:
