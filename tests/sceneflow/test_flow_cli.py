@@ -351,3 +351,25 @@ def test_accumulate_real_kitti_scans_with_icp_poses(sceneflow_data, tmp_path):
     rk = (np.linalg.norm(raw[:, :2], axis=1) < 30) & (raw[:, 2] > -1.2)
     unaligned = np.median(tree.query(raw[rk])[0])
     assert aligned < 0.1 < unaligned
+
+
+def test_rigid_uses_the_given_ego_motion_and_refuses_a_bad_pose_file(files, capsys, tmp_path):
+    d, seq = files
+    pair = seq.pair(0)
+    T = pair["ego_motion"]
+    np.savetxt(tmp_path / "pose.txt", T[:3].reshape(1, 12))  # a KITTI-style 3x4 row
+    out = tmp_path / "flow.npz"
+    argv = ["flow", "estimate", str(d / "f0.npy"), str(d / "f1.npy"), "--out", str(out), "--quiet"]
+    assert main([*argv, "--ego-motion", str(tmp_path / "pose.txt")]) == 0
+    assert "ego motion given" in capsys.readouterr().out
+    pc0 = np.load(d / "f0.npy").astype(np.float64)
+    ego_flow = pc0 @ T[:3, :3].T + T[:3, 3] - pc0
+    static = np.linalg.norm(np.load(out)["flow"] - ego_flow, axis=1) < 1e-4
+    assert static.mean() > 0.5  # every point off the moving clusters takes exactly the given motion
+    np.savetxt(tmp_path / "short.txt", np.ones(5))
+    sheared = T[:3].copy()
+    sheared[0, 1] += 0.5
+    np.savetxt(tmp_path / "sheared.txt", sheared.reshape(1, 12))
+    for name, needle in (("short.txt", "5 values"), ("sheared.txt", "rotation"), ("nope.txt", "not found")):
+        assert main([*argv, "--ego-motion", str(tmp_path / name)]) == 1
+        assert needle in _err_line(capsys)

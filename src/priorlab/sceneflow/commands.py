@@ -115,21 +115,20 @@ def _thread_opt(args) -> dict:
 
 
 def _read_pose(path) -> np.ndarray:
-    """A 4x4 pose from a .npy file or a text file (16 numbers, or 12 as a KITTI 3x4 row)."""
+    """A 4x4 pose from a .npy file or a text file (16 numbers, or 12 as a KITTI 3x4 row); checked
+    as a rigid transform by :func:`~priorlab.sceneflow.preprocess._as_pose`."""
+    from priorlab.sceneflow.preprocess import _as_pose
+
     p = Path(path)
     if not p.is_file():
         raise PriorlabError(f"pose file not found: {str(p)!r}")
     try:
-        values = np.load(p) if p.suffix == ".npy" else np.loadtxt(p)
+        values = np.asarray(np.load(p) if p.suffix == ".npy" else np.loadtxt(p), dtype=np.float64)
     except ValueError as err:
         raise PriorlabError(f"{p.name}: not a pose ({err})") from None
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    if values.size == 12:
-        values = np.concatenate([values, [0.0, 0.0, 0.0, 1.0]])
-    if values.size != 16 or not np.isfinite(values).all():
-        raise PriorlabError(f"{p.name}: expected a 4x4 (or KITTI 3x4) pose of finite numbers, "
-                            f"got {values.size} values")
-    return values.reshape(4, 4)
+    if values.size not in (12, 16):
+        raise PriorlabError(f"{p.name}: expected a 4x4 (or KITTI 3x4) pose, got {values.size} values")
+    return _as_pose(values.reshape(-1, 4), p.name)
 
 
 def _estimate(args) -> int:
