@@ -30,6 +30,12 @@ from torch import nn
 from priorlab.errors import PriorlabError
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's model inside a ``DistributedDataParallel`` wrapper (the model itself otherwise),
+    for adapters that call the model's own methods: each rank acts on its identical copy."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 @dataclass
 class StepContext:
     model: nn.Module

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from priorlab.errors import PriorlabError
-from priorlab.hooks import Adapter, StepContext
+from priorlab.hooks import Adapter, StepContext, unwrap_model
 from priorlab.validation import check_number, check_tensor
 
 
@@ -150,11 +150,11 @@ class ClipWeights(Adapter):
     weights onto ``>= 0`` after every optimiser step (the official ``wclip``)."""
 
     def setup(self, model: nn.Module, optimizer) -> nn.Module:
-        inner = getattr(model, "module", model)  # under DDP the model is wrapped
+        inner = unwrap_model(model)
         if not callable(getattr(inner, "clip_weights", None)):
             raise PriorlabError(f"ClipWeights needs a LearnedProximalNetwork (a model with "
                                 f"clip_weights()), got {type(inner).__name__}")
         return model
 
     def after_step(self, ctx: StepContext) -> None:
-        getattr(ctx.model, "module", ctx.model).clip_weights()  # each rank clips its identical copy
+        unwrap_model(ctx.model).clip_weights()

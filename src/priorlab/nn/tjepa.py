@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from priorlab.errors import PriorlabError
-from priorlab.hooks import Adapter, StepContext
+from priorlab.hooks import Adapter, StepContext, unwrap_model
 from priorlab.validation import check_number, check_tensor
 
 WHO = "TJEPA"
@@ -241,8 +241,7 @@ class TJEPATargetEMA(Adapter):
     ddp_safe = False
 
     def after_step(self, ctx: StepContext) -> None:
-        # under DDP the model is wrapped; every rank moves its own (identical) target encoder
-        model = getattr(ctx.model, "module", ctx.model)
+        model = unwrap_model(ctx.model)
         if not isinstance(model, TJEPA):
             raise PriorlabError(f"TJEPATargetEMA needs a TJEPA model, got {type(model).__name__}")
         model.update_target()
