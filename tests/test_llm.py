@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from priorlab.errors import PriorlabError
-from priorlab.llm import SMOLLM2, load_pretrained, perplexity, tiny_llama
+from priorlab.llm import (SMOLLM2, documentation_tokens, documentation_topics, load_pretrained, perplexity,
+                          tiny_llama)
 from priorlab.llm import loader
 
 
@@ -79,3 +80,24 @@ def test_smollm2_loads_offline_from_its_cache_and_answers():
     ids = chat["input_ids"] if hasattr(chat, "keys") else chat
     answer = tokenizer.decode(model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:])
     assert "Paris" in answer
+
+
+def test_documentation_text_splits_are_disjoint_documents():
+    calibration, evaluation = documentation_topics("calibration"), documentation_topics("evaluation")
+    assert len(evaluation) >= 15 and len(calibration) >= 3 * len(evaluation) - 3
+    assert not set(calibration) & set(evaluation)
+    assert sum(map(len, evaluation)) > 50_000
+    with pytest.raises(PriorlabError, match="evaluation"):
+        documentation_topics("eval")
+
+
+class _CharTokenizer:
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1 + ord(c) % 100 for c in text]}
+
+
+def test_documentation_tokens_join_topics_with_end_of_text():
+    ids = documentation_tokens(_CharTokenizer(), "evaluation")
+    assert ids.dtype == torch.long and (ids == 0).sum() == len(documentation_topics("evaluation"))
