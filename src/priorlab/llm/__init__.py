@@ -6,5 +6,4 @@ from priorlab.llm.loader import SMOLLM2, cache_dir, load_pretrained, tiny_llama
 from priorlab.llm.text import SPLITS, documentation_tokens, documentation_topics
 
 __all__ = ["SMOLLM2", "SPLITS", "cache_dir", "documentation_tokens", "documentation_topics",
-           "load_pretrained",
-           "perplexity", "tiny_llama"]
+           "load_pretrained", "perplexity", "tiny_llama"]
