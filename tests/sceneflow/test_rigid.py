@@ -5,7 +5,8 @@ import pytest
 
 from priorlab.errors import PriorlabError
 from priorlab.sceneflow import estimate_flow
-from priorlab.sceneflow.rigid import estimate_ego_motion, rigid_flow
+from priorlab.sceneflow.ego import estimate_ego_motion
+from priorlab.sceneflow.rigid import rigid_flow
 
 
 def _box_surface(rng, centre, size, n):
@@ -69,6 +70,25 @@ def test_moving_car_gets_its_motion_and_static_points_exactly_the_ego_motion():
     assert np.abs(flow[moving] - [0.8, 0.1, 0.0]).max() < 0.05
     assert np.array_equal(flow[~moving], np.zeros_like(flow[~moving]))  # ego motion is identity
     assert info["dynamic_clusters"] == 1
+
+
+def test_capture_times_undo_the_distortion_of_a_moving_object():
+    # the car is swept 0.1 of an interval into sweep 1 but 0.25 into sweep 2 (it moved round the
+    # sensor), so its second copy sits a further 0.15 x motion ahead: registration without capture
+    # times reads 1.15 x the motion, de-skewing with them recovers it
+    rng = np.random.default_rng(3)
+    motion = np.array([0.8, 0.0])
+    pc1, pc2, g1, g2, moving = _scene(rng, motion=tuple(motion))
+    times1, times2 = np.zeros(len(pc1)), np.zeros(len(pc2))
+    times1[-800:], times2[-800:] = 0.01, 0.025  # s, with the default 0.1 s sweep interval
+    pc1[-800:, :2] += 0.1 * motion
+    pc2[-800:, :2] += 0.25 * motion
+    args = dict(ego_motion=np.eye(4), ground1=g1, ground2=g2)
+    plain, _ = rigid_flow(pc1, pc2, **args)
+    deskewed, _ = rigid_flow(pc1, pc2, times1=times1, times2=times2, **args)
+    assert np.abs(plain[moving, 0].mean() - 1.15 * motion[0]) < 0.03
+    assert np.abs(deskewed[moving, :2] - motion).max() < 0.03
+    assert np.array_equal(deskewed[~moving], plain[~moving])
 
 
 def test_ego_motion_is_applied_to_static_points_and_composed_with_object_motion():

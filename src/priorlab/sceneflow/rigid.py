@@ -23,7 +23,10 @@ official code yanconglin/ICP-Flow), written here in numpy/SciPy for CPU:
 Deviations from ICP-Flow: DBSCAN instead of HDBSCAN (scikit-learn's HDBSCAN fails with
 ``cluster_selection_epsilon`` in 1.9 and is several times slower on 150k points; DBSCAN takes
 1.6 s), with a 0.5 m radius chosen among 0.3-0.6 m on the shared AV2 and KITTI pairs (sparse far
-objects break apart at 0.3 m); registration in bird's-eye view matched in (x, y, capture time);
+objects break apart at 0.3 m); registration in bird's-eye view matched in (x, y, capture time),
+then refined with both copies de-skewed by the object's own motion when per-point capture times
+are given (the distortion described by Zhang et al., "HiMo: High-Speed Objects Motion
+Compensation in Point Clouds", 2025);
 clusters whose copies do not touch are matched to nearby "lone" points of the other sweep; the
 histogram votes on a random subset of at most ``max_vote_points`` points per side (ICP-Flow votes
 on all, on a GPU); a fixed bound on the translation per pair instead of a speed
@@ -41,6 +44,7 @@ from scipy.spatial import cKDTree
 from sklearn.cluster import DBSCAN
 
 from priorlab.errors import PriorlabError, did_you_mean
+from priorlab.sceneflow.ego import estimate_ego_motion
 from priorlab.sceneflow.preprocess import _as_pose, check_points, remove_ground_plane
 
 RIGID_DEFAULTS = dict(
@@ -61,44 +65,6 @@ RIGID_DEFAULTS = dict(
     lone_share=0.3,  # a cluster with under this share of the other sweep's points is matched to lone points
     attach_radius=1.0,  # m: fragments this close to a moving cluster move with it
 )
-
-
-def _registration_library():
-    try:
-        import small_gicp
-    except ImportError:
-        raise PriorlabError("estimating the ego motion needs small_gicp: pip install small-gicp "
-                            "(or pass ego_motion, a 4x4 pose mapping pc1 into pc2's frame)") from None
-    return small_gicp
-
-
-# coarse-to-fine GICP (downsampling voxel m, max correspondence m): the coarse stage reaches KITTI's
-# 1.6 m-per-frame motion from the identity, which a single 1 m stage misses
-EGO_STAGES = ((0.5, 3.0), (0.25, 1.0), (0.1, 0.3))
-
-
-def estimate_ego_motion(pc1, pc2, *, init=None, stages=EGO_STAGES, num_threads: int = 1) -> np.ndarray:
-    """The 4x4 rigid transform mapping ``pc1`` onto ``pc2``: generalised ICP (small_gicp) on whole
-    sweeps, coarse to fine.
-
-    Moving objects are a small share of a sweep, so whole-cloud registration recovers the ego
-    motion. ``init`` (4x4) seeds it, e.g. with the previous pair's motion in a sequence. Measured on
-    the shared real pairs (mean displacement error against the given poses): AV2 0.014 m, KITTI
-    0.018 / 0.029 / 0.018 m; small_gicp's point-to-plane and point-to-point ICP were worse.
-    """
-    p1 = check_points(pc1, "pc1", min_points=10, exact3=True).astype(np.float64)
-    p2 = check_points(pc2, "pc2", min_points=10, exact3=True).astype(np.float64)
-    T = np.eye(4) if init is None else _as_pose(init, "init")
-    library = _registration_library()
-    for voxel, max_correspondence in stages:
-        result = library.align(p2, p1, T, registration_type="GICP", downsampling_resolution=voxel,
-                               max_correspondence_distance=max_correspondence,
-                               num_threads=int(num_threads), max_iterations=30)
-        if not result.converged:
-            raise PriorlabError("ego-motion registration did not converge; check that the sweeps "
-                                "overlap (same sensor, consecutive frames) or pass ego_motion")
-        T = np.asarray(result.T_target_source, dtype=np.float64)
-    return T
 
 
 def _transform(points: np.ndarray, T: np.ndarray) -> np.ndarray:
@@ -145,6 +111,8 @@ class _Cluster:
         self.src_time = time_weight * tau_src[:, None]
         self.dst = np.hstack([dst, time_weight * tau_dst[:, None]])
         self.tree = cKDTree(self.dst)
+        self.tau_src, self.tau_dst = tau_src[:, None], tau_dst[:, None]
+        self.timed = bool(tau_src.any() or tau_dst.any())
 
     def moved(self, T: np.ndarray) -> np.ndarray:
         return np.hstack([_apply_2d(self.src, T), self.src_time])
@@ -155,6 +123,20 @@ class _Cluster:
         slide along its own side)."""
         s = self.moved(T)
         return 0.5 * (_mean_nn(self.tree, s, self.cap) + _mean_nn(cKDTree(s), self.dst, self.cap))
+
+    def deskewed(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both copies at their sweep's reference time if the object moves by ``T`` per sweep
+        interval: a point captured ``tau`` intervals into its sweep is moved back by ``tau`` of the
+        motion (the object kept moving while the sweep went round; ego-motion compensation does not
+        undo that). Returns (sweep-1 points at sweep 1's time, sweep-2 points at sweep 2's time)."""
+        dst = self.dst[:, :2]
+        return (self.src - self.tau_src * (_apply_2d(self.src, T) - self.src),
+                dst - self.tau_dst * (_apply_2d(dst, T) - dst))
+
+    def deskewed_error(self, T: np.ndarray) -> float:
+        src, dst = self.deskewed(T)
+        moved = _apply_2d(src, T)
+        return 0.5 * (_mean_nn(cKDTree(dst), moved, self.cap) + _mean_nn(cKDTree(moved), dst, self.cap))
 
 
 def _candidate_translations(src, dst, opts, rng) -> np.ndarray:
@@ -219,7 +201,29 @@ def _register(cluster: _Cluster, opts: dict, rng) -> tuple[np.ndarray, float, fl
     refined = cluster.error(T)
     if refined < best_err:
         best, best_err = T, refined
+    if cluster.timed:
+        best = _refine_deskewed(cluster, best, opts)
     return best, best_err, static_error
+
+
+def _refine_deskewed(cluster: _Cluster, T: np.ndarray, opts: dict) -> np.ndarray:
+    """ICP on de-skewed copies (:meth:`_Cluster.deskewed`, which depend on the motion itself), from
+    the motion found without de-skewing; kept only if it lowers the de-skewed error. The decision
+    that the cluster moves rests on the plain error: de-skewing refines the motion, it does not find
+    one (as a search it admits spurious large motions of small clusters)."""
+    start, refined = cluster.deskewed_error(T), T
+    for _ in range(opts["icp_iters"]):
+        src, dst = cluster.deskewed(refined)
+        dist, idx = cKDTree(dst).query(_apply_2d(src, refined), k=1)
+        inliers = dist < opts["max_correspondence"]
+        if inliers.sum() < 3:
+            break
+        update = _kabsch_2d(src[inliers], dst[idx[inliers]])
+        done = np.abs(update - refined).max() < 1e-5
+        refined = update
+        if done:
+            break
+    return refined if cluster.deskewed_error(refined) < start else T
 
 
 def _is_motion(T: np.ndarray, src: np.ndarray, error: float, static_error: float, opts: dict) -> bool:
