@@ -110,7 +110,35 @@ def av2_runs(skip_nsfp: bool) -> dict:
         out[name] = row
         print(f"AV2   {name:22s} EPE {row['EPE']:.4f}  moving {row['EPE_moving']:.4f}  "
               f"static {row['EPE_static']:.4f}  3-way {row['EPE_3way']:.4f}  {seconds:.1f} s", flush=True)
-    return {"n_eval": int(m.sum()), "n_moving": int(moving[m].sum()), "methods": out}
+    return {"n_eval": int(m.sum()), "n_moving": int(moving[m].sum()), "methods": out,
+            "ego_check": ego_check(pc0, pc1, T, m, g0, g1, moving)}
+
+
+def ego_check(pc0, pc1, T, m, g0, g1, moving) -> dict:
+    """How far the estimated ego motion is from the given pose (mean displacement over the eval
+    points), and which of the two aligns the sweeps' static structure better: the mean distance
+    (capped at 0.3 m) from each static non-ground sweep-1 point, moved by the transform, to its
+    nearest non-ground sweep-2 point."""
+    from scipy.spatial import cKDTree
+
+    from priorlab.sceneflow.ego import estimate_ego_motion
+
+    estimated = estimate_ego_motion(pc0, pc1)
+    p0 = pc0.astype(np.float64)
+    tree = cKDTree(pc1[~g1])
+    static = p0[~g0 & ~moving]
+
+    def residual(pose):
+        dist, _ = tree.query(transform(static, pose), distance_upper_bound=0.3)
+        return float(np.minimum(dist, 0.3).mean())
+
+    row = {"mean_displacement_vs_given_m": float(np.linalg.norm(
+               transform(p0[m], estimated) - transform(p0[m], T), axis=1).mean()),
+           "alignment_residual_given_m": residual(T), "alignment_residual_estimated_m": residual(estimated)}
+    print(f"AV2   ego check: estimated vs given {row['mean_displacement_vs_given_m']:.4f} m; alignment "
+          f"residual given {row['alignment_residual_given_m']:.4f}, estimated "
+          f"{row['alignment_residual_estimated_m']:.4f} m", flush=True)
+    return row
 
 
 def kitti_runs(skip_nsfp: bool) -> dict:
@@ -162,6 +190,14 @@ def table(result: dict) -> str:
         lines.append(f"| {name} | {r['EPE']:.4f} | {r['EPE_moving']:.3f} | {r['EPE_static']:.4f} | "
                      f"{r['EPE_3way']:.4f} | {r['bucketed_mean_dynamic_normalized_EPE']:.3f} | "
                      f"{r['time_s']:.1f} | {'' if ratio is None else f'{ratio:.2f}'} |")
+    check = result["av2"].get("ego_check")
+    if check:
+        given, estimated = check["alignment_residual_given_m"], check["alignment_residual_estimated_m"]
+        verdict = "better" if estimated < given else "worse"
+        lines += ["", f"Ego motion on the AV2 pair: the GICP estimate is "
+                      f"{check['mean_displacement_vs_given_m']:.4f} m from the given pose (mean over the "
+                      f"eval points) and aligns the static non-ground points {verdict} (mean nearest-"
+                      f"neighbour distance {estimated:.4f} m, with the pose {given:.4f} m)."]
     lines += ["", "| KITTI, 3 pairs (non-ground) | mean EPE (m) | mean moving EPE (m) | time for 3 (s) |",
               "|---|---|---|---|"]
     for name, r in kitti.items():
