@@ -154,6 +154,8 @@ EXCUSED = {
     "sparse-coding-v1": "to do: fuzz the thresholds and sparse_code (tests/test_sparse_coding.py)",
     "ssl-recsys": "to do: fuzz item_ssl_loss and the maskings (tests/test_ssl_recsys.py)",
     "t-jepa": "a model with its own tokenizer; bad input covered in tests/test_tjepa.py",
+    "superinpaint": "a trained image-completion network; bad input in tests/test_superinpaint.py",
+    "i-medsam": "adapters on a frozen encoder + a segmentation field; bad input in tests/test_imedsam.py",
     "neumeta": "a hypernetwork emitting a network's weights per width; bad input in tests/test_neumeta.py",
 }
 
