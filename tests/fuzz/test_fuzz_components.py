@@ -158,6 +158,7 @@ EXCUSED = {
     "i-medsam": "adapters on a frozen encoder + a segmentation field; bad input in tests/test_imedsam.py",
     "naisr": "an SDF network trained on shape samples; bad input in tests/test_naisr.py",
     "nm-decay": "to do: fuzz nm_mask and srste (bad input in tests/test_nm_sparsity.py)",
+    "arbitrary-scale-ldm": "autoencoder + implicit decoder + latent denoiser; bad input in its test file",
     "neumeta": "a hypernetwork emitting a network's weights per width; bad input in tests/test_neumeta.py",
 }
 
