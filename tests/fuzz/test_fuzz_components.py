@@ -160,6 +160,8 @@ EXCUSED = {
     "nm-decay": "to do: fuzz nm_mask and srste (bad input in tests/test_nm_sparsity.py)",
     "arbitrary-scale-ldm": "autoencoder + implicit decoder + latent denoiser; bad input in its test file",
     "sair": "to do: fuzz text_alignment_loss (bad input in tests/test_sair.py)",
+    "dsnot": "to do: fuzz dsnot_mask (bad input in tests/test_dsnot.py)",
+    "wanda": "to do: fuzz wanda_mask (bad input in tests/test_dsnot.py)",
     "neumeta": "a hypernetwork emitting a network's weights per width; bad input in tests/test_neumeta.py",
 }
 
