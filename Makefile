@@ -33,6 +33,7 @@ bench: $(BIN)/priorlab
 	$(BIN)/python benchmarks/bench_sceneflow.py
 	$(BIN)/python benchmarks/bench_sceneflow_real.py
 	$(BIN)/python benchmarks/bench_longterm.py
+	$(BIN)/python benchmarks/bench_dsnot.py --smollm2
 
 # The committed evidence: full-tier results in results/ and REPORT.md from them.
 full: $(BIN)/priorlab
