@@ -16,6 +16,7 @@ from fuzzkit import Target, check_outcome, labels, mutate_argument, probabilitie
 from hypothesis import given
 from hypothesis import strategies as st
 
+from priorlab.functional.attention_sparsity import attention_log_penalty
 from priorlab.functional.contrastive import spectral_contrastive_loss, supcon_loss
 from priorlab.functional.coteaching import coteaching_loss, small_loss_indices
 from priorlab.functional.distill import distillation_loss
@@ -26,6 +27,7 @@ from priorlab.functional.rrcm import info_nce, noise_consistency_loss
 from priorlab.nn.attention_svm import direction_cosine
 from priorlab.nn.nested_dropout import NestedDropout, best_truncation
 from priorlab.nn.purifier import purifier_loss, uniform_quantise
+from priorlab.nn.sair import text_alignment_loss
 from priorlab.nn.stablemax import StableMax, log_stablemax, stablemax, stablemax_cross_entropy
 from priorlab.registry import all_cards
 
@@ -44,6 +46,10 @@ def _sub_probabilities(g, b, c):
 
 
 TARGETS = [
+    Target("attention_log_penalty", attention_log_penalty, lambda g, b, c: dict(
+        attention=probabilities(g, b, c))),
+    Target("text_alignment_loss", text_alignment_loss, lambda g, b, c: dict(
+        embedding=randn(g, b, 6), labels=labels(g, b, c), text_embeddings=randn(g, c, 6))),
     Target("elr_loss", elr_loss, lambda g, b, c: dict(
         logits=randn(g, b, c, scale=3.0), labels=labels(g, b, c),
         target_estimates=_sub_probabilities(g, b, c), lam=3.0), names=("target estimates",)),
@@ -126,6 +132,8 @@ TARGETS_BY_CARD = {
     "quantised-purifier": ("purifier_loss", "uniform_quantise"),
     "backslash": ("backslash_penalty", "estimate_gg_shape"),
     "att-svm": ("direction_cosine",),
+    "sparse-vit": ("attention_log_penalty",),
+    "sair": ("text_alignment_loss",),
 }
 # cards whose component is not a tensor-in, tensor-out function, with the reason
 EXCUSED = {
@@ -159,10 +167,8 @@ EXCUSED = {
     "naisr": "an SDF network trained on shape samples; bad input in tests/test_naisr.py",
     "nm-decay": "to do: fuzz nm_mask and srste (bad input in tests/test_nm_sparsity.py)",
     "arbitrary-scale-ldm": "autoencoder + implicit decoder + latent denoiser; bad input in its test file",
-    "sair": "to do: fuzz text_alignment_loss (bad input in tests/test_sair.py)",
     "dsnot": "to do: fuzz dsnot_mask (bad input in tests/test_dsnot.py)",
     "wanda": "to do: fuzz wanda_mask (bad input in tests/test_dsnot.py)",
-    "sparse-vit": "to do: fuzz attention_log_penalty (bad input in tests/test_sparse_vit.py)",
     "fast-sae": "an SAE trained on collected activations; bad input in tests/test_fast_sae.py",
     "neumeta": "a hypernetwork emitting a network's weights per width; bad input in tests/test_neumeta.py",
 }

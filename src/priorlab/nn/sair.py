@@ -194,8 +194,11 @@ def text_alignment_loss(embedding: torch.Tensor, labels: torch.Tensor, text_embe
     if labels.numel() and (labels.min() < 0 or labels.max() >= text_embeddings.shape[0]):
         raise PriorlabError(f"{who}: labels must lie in [0, {text_embeddings.shape[0]}) (one per "
                             f"class name), got range [{int(labels.min())}, {int(labels.max())}]")
-    logits = F.normalize(embedding, dim=-1) @ F.normalize(text_embeddings, dim=-1).T / temperature
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    # e.g. a half-precision field against float32 text embeddings: compare in the wider dtype
+    dtype = torch.promote_types(embedding.dtype, text_embeddings.dtype)
+    logits = (F.normalize(embedding.to(dtype), dim=-1) @ F.normalize(text_embeddings.to(dtype), dim=-1).T
+              / temperature)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long())
 
 
 def classify(embedding: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
