@@ -136,6 +136,19 @@ def test_psnr_and_ssim_known_values():
         fields.psnr(torch.full((4, 4), float("nan")), torch.rand(4, 4))
 
 
+def test_psnr_over_a_mask_ignores_the_other_pixels():
+    target = torch.zeros(2, 1, 4, 4)
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, :2] = 1.0
+    pred = target + 0.1 * mask + 0.5 * (1 - mask)  # error 0.1 in the hole, 0.5 outside
+    assert fields.psnr(pred, target, mask=mask) == pytest.approx(20.0)
+    assert fields.psnr(pred, target, mask=torch.ones_like(mask)) == pytest.approx(fields.psnr(pred, target))
+    with pytest.raises(PriorlabError, match="masked pixel"):
+        fields.psnr(pred, target, mask=torch.zeros_like(mask))
+    with pytest.raises(PriorlabError, match="mask"):
+        fields.psnr(pred, target, mask=torch.ones(2, 1, 4, 5))
+
+
 def test_mask_metrics_known_values():
     a = torch.zeros(10, 10, dtype=torch.bool)
     b = a.clone()

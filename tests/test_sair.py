@@ -15,7 +15,6 @@ from priorlab.nn.sair import (
     SemanticImplicitRepresentation,
     classify,
     embed_texts,
-    masked_psnr,
     restore,
     text_alignment_loss,
 )
@@ -129,16 +128,6 @@ def test_state_dict_round_trip():
     image, mask, coords, cell = _inputs()
     for a, b in zip(model(image, mask, coords, cell), copy(image, mask, coords, cell)):
         torch.testing.assert_close(a, b)
-
-
-def test_masked_psnr_known_value_ignores_known_pixels():
-    target = torch.zeros(2, 1, 4, 4)
-    mask = torch.zeros(2, 1, 4, 4)
-    mask[:, :, :2] = 1.0
-    pred = target + 0.1 * mask + 0.5 * (1 - mask)  # error 0.1 in the hole, 0.5 outside
-    assert masked_psnr(pred, target, mask) == pytest.approx(20.0)
-    with pytest.raises(PriorlabError, match="masked pixel"):
-        masked_psnr(pred, target, torch.zeros_like(mask))
 
 
 @pytest.mark.parametrize("bad", [

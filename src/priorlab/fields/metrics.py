@@ -27,13 +27,29 @@ def _as_batch(x: torch.Tensor, who: str) -> torch.Tensor:
     return x.reshape((1,) * (4 - x.ndim) + tuple(x.shape))
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor, peak: float = 1.0) -> float:
+def psnr(pred: torch.Tensor, target: torch.Tensor, peak: float = 1.0,
+         mask: torch.Tensor | None = None) -> float:
     """Peak signal-to-noise ratio in dB, ``10 log10(peak^2 / MSE)`` per image, averaged over the
-    batch; ``inf`` for a perfect image."""
+    batch; ``inf`` for a perfect image. ``mask`` (one channel or one per channel, 1 where a pixel
+    counts) restricts the MSE to those pixels, e.g. the hole of an inpainting; every image needs
+    at least one."""
     pred, target = _pair(pred, target, "psnr")
     peak = check_number(peak, "peak", who="psnr", low=0.0, low_open=True)
     pred, target = _as_batch(pred, "psnr").double(), _as_batch(target, "psnr").double()
-    mse = ((pred - target) ** 2).flatten(1).mean(1)
+    if mask is None:
+        mse = ((pred - target) ** 2).flatten(1).mean(1)
+    else:
+        check_tensor(mask, "mask", who="psnr", ndim=(2, 3, 4))
+        weight = _as_batch(mask, "psnr").double()
+        if weight.shape[0] != target.shape[0] or weight.shape[1] not in (1, target.shape[1]) \
+                or weight.shape[2:] != target.shape[2:]:
+            raise PriorlabError(f"psnr: mask must have one channel or as many as the images "
+                                f"{tuple(target.shape)}, got shape {tuple(mask.shape)}")
+        weight = weight.expand_as(target)
+        count = weight.flatten(1).sum(1)
+        if (count == 0).any():
+            raise PriorlabError("psnr: every image needs at least one masked pixel")
+        mse = (((pred - target) ** 2) * weight).flatten(1).sum(1) / count
     return float((10 * torch.log10(peak ** 2 / mse)).mean())
 
 

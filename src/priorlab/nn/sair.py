@@ -219,21 +219,6 @@ def restore(model: nn.Module, image: torch.Tensor, mask: torch.Tensor) -> torch.
     return mask * colour + (1 - mask) * image
 
 
-def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, peak: float = 1.0) -> float:
-    """PSNR in dB over the pixels where ``mask`` (B,1,H,W) is 1, per image, averaged over the batch."""
-    who = "masked_psnr"
-    check_tensor(target, "target", who=who, ndim=4, dtype="float", non_empty=True)
-    check_tensor(pred, "pred", who=who, shape=tuple(target.shape), dtype="float")
-    check_tensor(mask, "mask", who=who, shape=(target.shape[0], 1, *target.shape[2:]))
-    peak = check_number(peak, "peak", who=who, low=0.0, low_open=True)
-    weight = mask.double().expand_as(target)
-    count = weight.flatten(1).sum(1)
-    if (count == 0).any():
-        raise PriorlabError(f"{who}: every image needs at least one masked pixel")
-    mse = (((pred.double() - target.double()) ** 2) * weight).flatten(1).sum(1) / count
-    return float((10 * torch.log10(peak ** 2 / mse)).mean())
-
-
 @lru_cache(maxsize=1)
 def _minilm():
     path = package_file(MINILM_PACKAGE, "model", install=MINILM_INSTALL)

@@ -30,14 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from priorlab.errors import did_you_mean
-from priorlab.fields import grid_coords, load_photo, query_cell
+from priorlab.fields import grid_coords, load_photo, psnr, query_cell
 from priorlab.harness.claim import Bound, Budget, Claim, Comparison, RunOutput, Untested
 from priorlab.nn.sair import (
     SAIR,
     AppearanceImplicitRepresentation,
     classify,
     embed_texts,
-    masked_psnr,
     restore,
     text_alignment_loss,
 )
@@ -240,8 +239,8 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     chunks = [slice(i, i + cfg["eval_chunk"]) for i in range(0, len(test_images), cfg["eval_chunk"])]
     with torch.no_grad():
         restored = torch.cat([restore(model, test_images[c], test_masks[c]) for c in chunks])
-        metrics = {"hole_psnr": masked_psnr(restored, test_images, test_masks),
-                   "image_psnr": masked_psnr(restored, test_images, torch.ones_like(test_masks)),
+        metrics = {"hole_psnr": psnr(restored, test_images, mask=test_masks),
+                   "image_psnr": psnr(restored, test_images),
                    "n_params": float(_n_params(model))}
         info = {"appearance_channels": (model.encoder if arm == "air" else model.air.encoder).channels}
         if arm != "air":
