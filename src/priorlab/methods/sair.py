@@ -2,7 +2,7 @@
 
 Component: :class:`priorlab.nn.sair.SAIR` (an ``nn.Module``: masked image + mask -> colour and a
 text-aligned embedding at any coordinate), trained with
-:func:`~priorlab.nn.sair.text_alignment_loss`; :func:`~priorlab.nn.sair.embed_texts` embeds the
+:func:`~priorlab.nn.sair.text_alignment_loss`; :func:`~priorlab.vl.text.embed_texts` embeds the
 class names (all-MiniLM-L6-v2) and :func:`~priorlab.nn.sair.restore` inpaints. No adapter.
 """
 
@@ -17,10 +17,10 @@ from priorlab.nn.sair import (
     AppearanceImplicitRepresentation,
     MaskedEncoder,
     SemanticImplicitRepresentation,
-    embed_texts,
     text_alignment_loss,
 )
 from priorlab.registry import Example, MethodCard, Paper, register
+from priorlab.vl.text import embed_texts
 
 PAPER = Paper(
     title="SAIR: Learning Semantic-aware Implicit Representation",
@@ -41,7 +41,7 @@ from priorlab.nn.sair import SAIR, restore, text_alignment_loss
 
 torch.manual_seed(0)
 # one unit text embedding per class name; for real names use
-# priorlab.nn.sair.embed_texts(["sky", "grass", "gravel"]) (all-MiniLM-L6-v2, 384-d)
+# priorlab.vl.text.embed_texts(["sky", "grass", "gravel"]) (all-MiniLM-L6-v2, 384-d)
 text = F.normalize(torch.randn(3, 384), dim=-1)
 model = SAIR(text_dim=384, channels=8, semantic_channels=8, hidden=16)
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

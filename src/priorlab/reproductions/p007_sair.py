@@ -36,11 +36,11 @@ from priorlab.nn.sair import (
     SAIR,
     AppearanceImplicitRepresentation,
     classify,
-    embed_texts,
     restore,
     text_alignment_loss,
 )
 from priorlab.seed import seed_everything
+from priorlab.vl.text import embed_texts
 
 # class name -> (offline photo whose texture paints it, mean, standard deviation)
 TEXTURES = {"sky": ("moon", 0.85, 0.05), "grass": ("grass", 0.45, 0.12),
