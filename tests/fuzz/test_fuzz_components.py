@@ -177,6 +177,7 @@ EXCUSED = {
     "dsnot": "to do: fuzz dsnot_mask (bad input in tests/test_dsnot.py)",
     "wanda": "to do: fuzz wanda_mask (bad input in tests/test_dsnot.py)",
     "fast-sae": "an SAE trained on collected activations; bad input in tests/test_fast_sae.py",
+    "sara": "a parametrisation applied to a model's weights; bad input in tests/test_sara.py",
     "neumeta": "a hypernetwork emitting a network's weights per width; bad input in tests/test_neumeta.py",
 }
 
