@@ -22,11 +22,8 @@ images (never on novel classes or on test images).
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
-from priorlab.data.images import load_images
 from priorlab.errors import did_you_mean
 from priorlab.functional.prompt_regularisers import GaussianPromptAggregator, promptsrc_loss
 from priorlab.harness.claim import Budget, Claim, Comparison, Guard, RunOutput, Untested
@@ -35,10 +32,10 @@ from priorlab.vl.standin import (
     FASHION_CLASSES,
     TEMPLATES,
     PromptedStandIn,
-    base_novel_split,
     cached_pretrain,
     harmonic_mean,
 )
+from priorlab.vl.protocol import base_to_novel_data, few_shot, prompted_accuracy
 from priorlab.vl.text import prompt_ensemble
 
 # arm -> (visual prompts?, self-consistency terms + GPA?); zero_shot trains nothing
@@ -115,46 +112,7 @@ CLAIM = Claim(
 )
 
 
-# the downstream domain: the pre-training images as they are, or upside down (a domain gap that
-# the prompts have to bridge, as CLIP's downstream datasets differ from its web images)
-SHIFTS = {"none": lambda x: x, "flip": lambda x: x.flip(2)}
-
-
-@lru_cache(maxsize=2)
-def _data(n_pretrain: int, n_val: int, n_test: int, shift: str):
-    if shift not in SHIFTS:
-        raise did_you_mean(shift, SHIFTS, "shift")
-    data = load_images("fashion-mnist", split_seed=0)
-    base, novel = base_novel_split(len(FASHION_CLASSES))
-    pool_x, pool_y = data.x_train[:n_pretrain], data.y_train[:n_pretrain]
-    move = SHIFTS[shift]
-    shots_x, shots_y = move(data.x_train[n_pretrain:]), data.y_train[n_pretrain:]
-    is_base = torch.isin(data.y_val, torch.tensor(base))
-    val = (move(data.x_val[is_base][:n_val]), data.y_val[is_base][:n_val])
-    halves = {}
-    for name, classes in (("base", base), ("novel", novel)):
-        keep = torch.isin(data.y_test, torch.tensor(classes))
-        halves[name] = (move(data.x_test[keep][:n_test]), data.y_test[keep][:n_test] - classes[0])
-    return (pool_x, pool_y), (shots_x, shots_y), val, halves, base, novel
-
-
-def _few_shot(x: torch.Tensor, y: torch.Tensor, classes, shots: int, seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    idx = torch.cat([torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()),
-                                                                     generator=generator)[:shots]]
-                     for c in classes])
-    return x[idx], y[idx]
-
-
-@torch.no_grad()
-def _accuracy(model: PromptedStandIn, x: torch.Tensor, y: torch.Tensor, names) -> float:
-    text = model.text_features(names)
-    correct = sum((model.image_features(x[i:i + 1000]) @ text.T).argmax(1).eq(y[i:i + 1000]).sum().item()
-                  for i in range(0, len(y), 1000))
-    return correct / len(y)
-
-
-def _train(standin, arm: str, cfg: dict, lr: float, seed: int, shots, base_names, frozen_text):
+def train_prompts(standin, arm: str, cfg: dict, lr: float, seed: int, shots, base_names, frozen_text):
     visual, regularise = ARMS[arm]
     seed_everything(seed)
     model = PromptedStandIn(standin, n_text_context=cfg["n_context"],
@@ -196,22 +154,22 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in ARMS:
         raise did_you_mean(arm, ARMS, "arm")
     torch.set_num_threads(1)
-    pool, shot_pool, val, halves, base, novel = _data(cfg["n_pretrain"], cfg["n_val"], cfg["n_test"],
-                                                       cfg["shift"])
+    pool, shot_pool, val, halves, base, novel = base_to_novel_data(cfg["n_pretrain"], cfg["n_val"],
+                                                                   cfg["n_test"], cfg["shift"])
     base_names = [FASHION_CLASSES[c] for c in base]
     novel_names = [FASHION_CLASSES[c] for c in novel]
     standin = cached_pretrain(*pool, FASHION_CLASSES, seed, epochs=cfg["pretrain_epochs"])
-    shots = _few_shot(*shot_pool, base, cfg["shots"], seed)
+    shots = few_shot(*shot_pool, base, cfg["shots"], seed)
     frozen_text = prompt_ensemble(base_names, TEMPLATES)
     tuning, curves, info = {}, {}, {}
     if ARMS[arm] is None:
         model = PromptedStandIn(standin, n_text_context=cfg["n_context"])  # "a photo of a" untrained
-        val_acc = _accuracy(model, *val, base_names)
+        val_acc = prompted_accuracy(model, *val, base_names)
     else:
         best = None
         for lr in cfg["lr_grid"]:
-            candidate, losses = _train(standin, arm, cfg, lr, seed, shots, base_names, frozen_text)
-            score = _accuracy(candidate, *val, base_names)
+            candidate, losses = train_prompts(standin, arm, cfg, lr, seed, shots, base_names, frozen_text)
+            score = prompted_accuracy(candidate, *val, base_names)
             info[f"val_acc_lr_{lr:g}"] = score
             if best is None or score > best[0]:
                 best = (score, lr, candidate, losses)
@@ -220,8 +178,8 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
         if len(cfg["lr_grid"]) > 1:
             tuning["lr"] = {"grid": list(cfg["lr_grid"]), "selected": lr}
         info["lr"] = lr
-    base_acc = _accuracy(model, *halves["base"], base_names)
-    novel_acc = _accuracy(model, *halves["novel"], novel_names)
+    base_acc = prompted_accuracy(model, *halves["base"], base_names)
+    novel_acc = prompted_accuracy(model, *halves["novel"], novel_names)
     metrics = {"novel_acc": novel_acc, "base_acc": base_acc, "hm": harmonic_mean(base_acc, novel_acc),
                "base_val_acc": val_acc}
     resolution = {"novel_acc": 1 / len(halves["novel"][1]), "base_acc": 1 / len(halves["base"][1]),
