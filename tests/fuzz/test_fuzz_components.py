@@ -23,6 +23,7 @@ from priorlab.functional.distill import distillation_loss
 from priorlab.functional.elr import elr_loss, elr_regularizer, elr_update_targets
 from priorlab.functional.gg_prior import backslash_penalty, estimate_gg_shape
 from priorlab.functional.prompt_regularisers import promptsrc_loss
+from priorlab.functional.source_free import dispersion_loss, information_maximisation_loss
 from priorlab.functional.pskd import pskd_loss, pskd_targets, soft_cross_entropy
 from priorlab.functional.rrcm import info_nce, noise_consistency_loss
 from priorlab.nn.attention_svm import direction_cosine
@@ -56,6 +57,9 @@ TARGETS = [
         frozen_text_features=randn(g, c, 4), image_features=randn(g, b, 3),
         frozen_image_features=randn(g, b, 3), zero_shot_logits=randn(g, b, c)),
         names=("logits", "features")),
+    Target("information_maximisation_loss", information_maximisation_loss, lambda g, b, c: dict(
+        probs=probabilities(g, b, c))),
+    Target("dispersion_loss", dispersion_loss, lambda g, b, c: dict(probs=probabilities(g, b, c))),
     Target("elr_loss", elr_loss, lambda g, b, c: dict(
         logits=randn(g, b, c, scale=3.0), labels=labels(g, b, c),
         target_estimates=_sub_probabilities(g, b, c), lam=3.0), names=("target estimates",)),
@@ -141,6 +145,7 @@ TARGETS_BY_CARD = {
     "sparse-vit": ("attention_log_penalty",),
     "sair": ("text_alignment_loss",),
     "promptsrc": ("promptsrc_loss",),
+    "sfda2": ("information_maximisation_loss", "dispersion_loss"),
 }
 # cards whose component is not a tensor-in, tensor-out function, with the reason
 EXCUSED = {
