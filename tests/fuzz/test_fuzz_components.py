@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from priorlab.functional.attention_sparsity import attention_log_penalty
 from priorlab.functional.contrastive import spectral_contrastive_loss, supcon_loss
 from priorlab.functional.coteaching import coteaching_loss, small_loss_indices
+from priorlab.functional.dispreference import d2o_loss
 from priorlab.functional.distill import distillation_loss
 from priorlab.functional.elr import elr_loss, elr_regularizer, elr_update_targets
 from priorlab.functional.gg_prior import backslash_penalty, estimate_gg_shape
@@ -60,6 +61,10 @@ TARGETS = [
     Target("information_maximisation_loss", information_maximisation_loss, lambda g, b, c: dict(
         probs=probabilities(g, b, c))),
     Target("dispersion_loss", dispersion_loss, lambda g, b, c: dict(probs=probabilities(g, b, c))),
+    Target("d2o_loss", d2o_loss, lambda g, b, c: dict(
+        policy_sample_logps=-randn(g, b, c).abs(), reference_sample_logps=-randn(g, b, c).abs(),
+        policy_negative_logps=-randn(g, b).abs(), reference_negative_logps=-randn(g, b).abs()),
+        names=("logps", "log-probabilities", "samples", "negative")),
     Target("elr_loss", elr_loss, lambda g, b, c: dict(
         logits=randn(g, b, c, scale=3.0), labels=labels(g, b, c),
         target_estimates=_sub_probabilities(g, b, c), lam=3.0), names=("target estimates",)),
@@ -145,6 +150,7 @@ TARGETS_BY_CARD = {
     "sparse-vit": ("attention_log_penalty",),
     "sair": ("text_alignment_loss",),
     "promptsrc": ("promptsrc_loss",),
+    "d2o": ("d2o_loss",),
     "sfda2": ("information_maximisation_loss", "dispersion_loss"),
 }
 # cards whose component is not a tensor-in, tensor-out function, with the reason
