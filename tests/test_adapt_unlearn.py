@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from priorlab.errors import PriorlabError
-from priorlab.functional.unlearning import ewc_penalty, parameter_distance, repulsion_loss
+from priorlab.functional.unlearning import parameter_distance, repulsion_loss
 from priorlab.generative.gan import Discriminator, Generator
 from priorlab.methods.adapt_unlearn import (
     ParameterRepulsion,
@@ -22,15 +22,6 @@ from priorlab.train import fit
 def _pair():
     torch.manual_seed(0)
     return Generator(latent_dim=8, channels=4), Discriminator(channels=4)
-
-
-def test_ewc_penalty_known_value_and_zero_cases():
-    params = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.0])}
-    anchor = {"w": torch.tensor([0.0, 1.0]), "b": torch.tensor([3.0])}
-    fisher = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
-    assert float(ewc_penalty(params, anchor, fisher, strength=2.0)) == pytest.approx(2 * (1 + 2 + 4.5))
-    assert float(ewc_penalty(params, anchor, fisher, strength=0.0)) == 0.0
-    assert float(ewc_penalty(params, params, fisher, strength=5.0)) == 0.0
 
 
 def test_parameter_distance_known_values():
@@ -71,10 +62,6 @@ def test_penalties_reject_bad_input():
         parameter_distance([torch.zeros(2)], w)
     with pytest.raises(PriorlabError, match="NaN"):
         parameter_distance(w, {"w": torch.tensor([float("nan"), 0.0])})
-    with pytest.raises(PriorlabError, match="non-negative"):
-        ewc_penalty(w, w, {"w": -torch.ones(2)}, strength=1.0)
-    with pytest.raises(PriorlabError, match="strength"):
-        ewc_penalty(w, w, w, strength=float("nan"))
 
 
 def test_fisher_is_non_negative_and_shaped_like_the_generator():

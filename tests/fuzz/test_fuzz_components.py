@@ -16,6 +16,7 @@ from fuzzkit import Target, check_outcome, labels, mutate_argument, probabilitie
 from hypothesis import given
 from hypothesis import strategies as st
 
+from priorlab.continual.regularisers import feature_distillation, prediction_distillation
 from priorlab.functional.attention_sparsity import attention_log_penalty
 from priorlab.functional.contrastive import spectral_contrastive_loss, supcon_loss
 from priorlab.functional.coteaching import coteaching_loss, small_loss_indices
@@ -65,6 +66,11 @@ TARGETS = [
         policy_sample_logps=-randn(g, b, c).abs(), reference_sample_logps=-randn(g, b, c).abs(),
         policy_negative_logps=-randn(g, b).abs(), reference_negative_logps=-randn(g, b).abs()),
         names=("logps", "log-probabilities", "samples", "negative")),
+    Target("prediction_distillation", prediction_distillation, lambda g, b, c: dict(
+        student_logits=randn(g, b, c), teacher_logits=randn(g, b, c), temperature=2.0),
+        names=("logits",)),
+    Target("feature_distillation", feature_distillation, lambda g, b, c: dict(
+        student_features=randn(g, b, 4), teacher_features=randn(g, b, 4)), names=("features",)),
     Target("elr_loss", elr_loss, lambda g, b, c: dict(
         logits=randn(g, b, c, scale=3.0), labels=labels(g, b, c),
         target_estimates=_sub_probabilities(g, b, c), lam=3.0), names=("target estimates",)),
@@ -150,6 +156,7 @@ TARGETS_BY_CARD = {
     "sparse-vit": ("attention_log_penalty",),
     "sair": ("text_alignment_loss",),
     "promptsrc": ("promptsrc_loss",),
+    "rehearsal-free": ("prediction_distillation", "feature_distillation"),
     "d2o": ("d2o_loss",),
     "sfda2": ("information_maximisation_loss", "dispersion_loss"),
 }

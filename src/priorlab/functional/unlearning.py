@@ -5,7 +5,8 @@ Unlearning in Generative Adversarial Networks", arXiv 2309.14054 (code: atriguha
 
 - Stage 1 adapts the pretrained generator (parameters theta_G) to negative samples with the EWC
   penalty of Li et al., "Few-shot Image Generation with Elastic Weight Consolidation" (NeurIPS
-  2020, arXiv 2012.02780): ``lambda * sum_i F_i (theta_i - theta_G,i)^2`` (:func:`ewc_penalty`),
+  2020, arXiv 2012.02780): ``lambda * sum_i F_i (theta_i - theta_G,i)^2`` — the family's one
+  EWC, :class:`priorlab.continual.regularisers.ParameterAnchor` with a Fisher importance —
   giving theta_N.
 - Stage 2 retrains theta (from theta_G) on positive samples with a repulsion regulariser
   ``gamma * R(d)`` where ``d`` is the squared distance between theta and theta_N
@@ -43,23 +44,6 @@ def _check_pair(params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.T
         check_tensor(p, f"parameter {name!r}", who=who, dtype="float")
         check_tensor(anchor[name], f"{anchor_name} {name!r}", who=who, shape=tuple(p.shape),
                      dtype="float", finite=True)
-
-
-def ewc_penalty(params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor],
-                fisher: Mapping[str, torch.Tensor], *, strength: float) -> torch.Tensor:
-    """EWC: ``strength * sum_i F_i (theta_i - anchor_i)^2`` over every tensor in ``params``.
-
-    ``anchor`` holds the pretrained values, ``fisher`` the diagonal Fisher information (same
-    names and shapes, non-negative). Zero at ``params == anchor`` and at ``strength == 0``.
-    """
-    who = "ewc_penalty"
-    strength = check_number(strength, "strength", who=who, low=0)
-    _check_pair(params, anchor, who, "anchor")
-    _check_pair(params, fisher, who, "fisher")
-    if any(bool((fisher[n] < 0).any()) for n in params):
-        raise PriorlabError(f"{who}: the Fisher information must be non-negative")
-    total = sum((fisher[n] * (p - anchor[n]).pow(2)).sum() for n, p in params.items())
-    return strength * total
 
 
 def parameter_distance(params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor], *,

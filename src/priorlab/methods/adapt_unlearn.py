@@ -22,12 +22,8 @@ import torch
 from torch import nn
 
 from priorlab.errors import PriorlabError, did_you_mean
-from priorlab.functional.unlearning import (
-    REPULSION_KINDS,
-    ewc_penalty,
-    parameter_distance,
-    repulsion_loss,
-)
+from priorlab.continual.regularisers import ParameterAnchor
+from priorlab.functional.unlearning import REPULSION_KINDS, parameter_distance, repulsion_loss
 from priorlab.generative.gan import adversarial_training, generator_loss
 from priorlab.hooks import Adapter, StepContext
 from priorlab.registry import Example, MethodCard, Paper, register
@@ -80,11 +76,11 @@ def adapt_to_negatives(generator: nn.Module, discriminator: nn.Module, negatives
     rng = rng if rng is not None else torch.Generator().manual_seed(0)
     g, d = copy.deepcopy(generator), copy.deepcopy(discriminator)
     fisher = generator_fisher(g, d, n_batches=fisher_batches, rng=rng)
-    anchor = _detached(dict(g.named_parameters()))
+    anchor = ParameterAnchor(g, importance=fisher)
     params = dict(g.named_parameters())
     history = adversarial_training(
         g, d, negatives, steps=steps, batch_size=batch_size, lr=lr, rng=rng,
-        generator_penalty=lambda: ewc_penalty(params, anchor, fisher, strength=ewc_strength))
+        generator_penalty=lambda: ewc_strength * anchor.penalty(g))
     return _detached(params), history
 
 
@@ -218,8 +214,6 @@ def _example() -> Example:
             lambda: ParameterRepulsion(_tiny_anchor(), kind="inverted"),
             lambda: ParameterRepulsion({"nope": torch.zeros(1)}).setup(_tiny_model(), None),
             lambda: repulsion_loss({"w": torch.zeros(2)}, {"w": torch.zeros(3)}),
-            lambda: ewc_penalty({"w": torch.zeros(2)}, {"w": torch.zeros(2)},
-                                {"w": -torch.ones(2)}, strength=1.0),
         ),
     )
 
