@@ -20,10 +20,8 @@ transfer from the same accuracy matrix are recorded too.
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from priorlab.continual.metrics import average_accuracy, backward_transfer, forgetting
 from priorlab.continual.regularisers import (
@@ -32,13 +30,19 @@ from priorlab.continual.regularisers import (
     diagonal_fisher,
     select_parameters,
 )
+from priorlab.continual.pretrained import (
+    epoch_batches,
+    pretrain_key,
+    pretrained_vit,
+    restricted_cross_entropy,
+    small_vit,
+    task_images,
+)
 from priorlab.continual.streams import accuracy_row, split_stream
-from priorlab.data.images import load_images
 from priorlab.errors import did_you_mean
 from priorlab.harness.claim import Budget, Claim, Comparison, RunOutput, Untested
 from priorlab.methods.rehearsal_free import AnchorPenalty, FeatureDistillation, PredictionDistillation
 from priorlab.nn.attention_vit import AttentionViT
-from priorlab.seed import seed_everything
 from priorlab.train import fit
 
 # arm -> (what trains: "all" parameters or "qkv" projections + head, regulariser or None)
@@ -142,60 +146,6 @@ CLAIM = Claim(
 )
 
 
-@lru_cache(maxsize=2)
-def _data(dataset: str, n_train, n_val, n_test):
-    return load_images(dataset, n_train=n_train, n_val=n_val, n_test=n_test, split_seed=0)
-
-
-def _dataset(cfg: dict):
-    return _data(cfg["dataset"], cfg["n_train"], cfg["n_val"], cfg["n_test"])
-
-
-def _model(cfg: dict) -> AttentionViT:
-    return AttentionViT(10, image_size=cfg["image_size"], patch_size=cfg["patch_size"],
-                        dim=cfg["dim"], depth=cfg["depth"], heads=cfg["heads"],
-                        mlp_dim=cfg["mlp_dim"])
-
-
-def _batches(x, y, batch_size: int, generator: torch.Generator):
-    def make():
-        order = torch.randperm(len(y), generator=generator)
-        for start in range(0, len(y), batch_size):
-            idx = order[start:start + batch_size]
-            yield x[idx], y[idx]
-    return make
-
-
-def _restricted_ce(classes):
-    """Cross-entropy over ``classes``' logits only (labels are original class ids)."""
-    index = torch.tensor(classes)
-    remap = torch.full((10,), -1, dtype=torch.long)
-    remap[index] = torch.arange(len(classes))
-    return lambda logits, y: F.cross_entropy(logits[:, index], remap[y])
-
-
-def _pretrain_key(cfg: dict) -> tuple:
-    keys = ("dataset", "n_train", "n_val", "n_test", "image_size", "patch_size", "dim", "depth",
-            "heads", "mlp_dim", "batch_size", "pretrain_lr", "pretrain_epochs")
-    return tuple((k, cfg[k]) for k in keys) + (("classes", tuple(cfg["pretrain_classes"])),)
-
-
-@lru_cache(maxsize=4)
-def _pretrained(key: tuple, seed: int) -> dict:
-    """The pretrained weights for ``seed`` (shared by every arm and strength in this process)."""
-    cfg = dict(key[:-1])
-    classes = list(key[-1][1])
-    data = _dataset(cfg)
-    keep = torch.isin(data.y_train, torch.tensor(classes))
-    seed_everything(seed)
-    model = _model(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["pretrain_lr"])
-    generator = torch.Generator().manual_seed(seed)
-    fit(model, _batches(data.x_train[keep], data.y_train[keep], cfg["batch_size"], generator),
-        optimizer, _restricted_ce(classes), epochs=cfg["pretrain_epochs"], show_progress=False)
-    return copy.deepcopy(model.state_dict())
-
-
 def _trainable(model: AttentionViT, scope: str) -> list[torch.nn.Parameter]:
     if scope == "all":
         return list(model.parameters())
@@ -212,10 +162,10 @@ def _fisher(model, x, classes, cfg: dict):
 
 def _train_stream(cfg: dict, seed: int, arm: str, strength: float) -> dict:
     scope, regulariser = ARMS[arm]
-    data = _dataset(cfg)
+    data = task_images(cfg)
     stream = split_stream(data, cfg["classes_per_task"], class_order=cfg["stream_classes"])
-    model = _model(cfg)
-    model.load_state_dict(_pretrained(_pretrain_key(cfg), seed))
+    model = small_vit(cfg)
+    model.load_state_dict(pretrained_vit(pretrain_key(cfg), seed))
     pre_x = data.x_train[torch.isin(data.y_train, torch.tensor(cfg["pretrain_classes"]))]
     anchor = None
     if regulariser == "ewc":
@@ -240,8 +190,8 @@ def _train_stream(cfg: dict, seed: int, arm: str, strength: float) -> dict:
             adapters.append(PredictionDistillation(teacher, stream.seen_classes(i - 1), strength,
                                                    cfg["kd_temperature"]))
         optimizer = torch.optim.Adam(params, lr=cfg["lr"])
-        fit(model, _batches(task.x_train, task.y_train, cfg["batch_size"], generator), optimizer,
-            _restricted_ce(list(task.classes)), epochs=cfg["epochs"], adapters=adapters,
+        fit(model, epoch_batches(task.x_train, task.y_train, cfg["batch_size"], generator), optimizer,
+            restricted_cross_entropy(list(task.classes)), epochs=cfg["epochs"], adapters=adapters,
             show_progress=False)
         for adapter in adapters:
             if isinstance(adapter, FeatureDistillation):
