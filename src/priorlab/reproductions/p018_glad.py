@@ -28,7 +28,7 @@ from priorlab.errors import did_you_mean
 from priorlab.harness.claim import Budget, Claim, Comparison, Guard, RunOutput, Untested
 from priorlab.optim.glad import apply_lora, regularise_gradients
 from priorlab.seed import seed_everything
-from priorlab.vl.protocol import base_to_novel_data, few_shot
+from priorlab.vl.protocol import base_to_novel_data, encoder_accuracy, few_shot
 from priorlab.vl.standin import FASHION_CLASSES, cached_pretrain, harmonic_mean
 from priorlab.vl.text import embed_texts
 
@@ -146,13 +146,6 @@ def train_lora(standin, regularise: bool, cfg: dict, lr: float, seed: int, shots
     return encoder.eval(), losses, (sum(cosines) / len(cosines) if cosines else None)
 
 
-@torch.no_grad()
-def _accuracy(encoder, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> float:
-    correct = sum((encoder(x[i:i + 1000]) @ text.T).argmax(1).eq(y[i:i + 1000]).sum().item()
-                  for i in range(0, len(y), 1000))
-    return correct / len(y)
-
-
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in ARMS:
         raise did_you_mean(arm, ARMS, "arm")
@@ -169,7 +162,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
         best = None
         for lr in cfg["lr_grid"]:
             model, losses, cosine = train_lora(standin, ARMS[arm], cfg, lr, seed, shots, text["base"])
-            score = _accuracy(model, *val, text["base"])
+            score = encoder_accuracy(model, *val, text["base"])
             info[f"val_acc_lr_{lr:g}"] = score
             if best is None or score > best[0]:
                 best = (score, lr, model, losses, cosine)
@@ -180,10 +173,10 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
         info["lr"] = lr
         if cosine is not None:
             info["mean_cos_task_sam"] = cosine
-    base_acc = _accuracy(encoder, *halves["base"], text["base"])
-    novel_acc = _accuracy(encoder, *halves["novel"], text["novel"])
+    base_acc = encoder_accuracy(encoder, *halves["base"], text["base"])
+    novel_acc = encoder_accuracy(encoder, *halves["novel"], text["novel"])
     metrics = {"novel_acc": novel_acc, "base_acc": base_acc, "hm": harmonic_mean(base_acc, novel_acc),
-               "base_val_acc": _accuracy(encoder, *val, text["base"])}
+               "base_val_acc": encoder_accuracy(encoder, *val, text["base"])}
     resolution = {"novel_acc": 1 / len(halves["novel"][1]), "base_acc": 1 / len(halves["base"][1]),
                   "hm": 1 / len(halves["novel"][1]), "base_val_acc": 1 / len(val[1])}
     return RunOutput(metrics=metrics, curves=curves, info=info, resolution=resolution, tuning=tuning)

@@ -44,7 +44,7 @@ from priorlab.vl.standin import (
     cached_pretrain,
     harmonic_mean,
 )
-from priorlab.vl.protocol import base_to_novel_data, few_shot, prompted_accuracy
+from priorlab.vl.protocol import base_to_novel_data, encoder_accuracy, few_shot, prompted_accuracy
 from priorlab.vl.text import embed_texts, prompt_ensemble
 
 # arm -> what trains: nothing, text context (CoOp), masks, masks with gradient dropout
@@ -166,13 +166,6 @@ def _train_masks(standin, regularise: bool, cfg: dict, lr: float, seed: int, sho
     return encoder.eval(), losses
 
 
-@torch.no_grad()
-def _accuracy(encoder, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> float:
-    correct = sum((encoder(x[i:i + 1000]) @ text.T).argmax(1).eq(y[i:i + 1000]).sum().item()
-                  for i in range(0, len(y), 1000))
-    return correct / len(y)
-
-
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in ARMS:
         raise did_you_mean(arm, ARMS, "arm")
@@ -186,7 +179,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     kind, tuning, curves, info = ARMS[arm], {}, {}, {}
     if kind is None:
         def evaluate(x, y, half):
-            return _accuracy(standin.image_encoder, x, y, zero_shot_text[half])
+            return encoder_accuracy(standin.image_encoder, x, y, zero_shot_text[half])
     else:
         grid = cfg["lr_grid"] if kind == "prompt" else cfg["mask_lr_grid"]
         best = None
@@ -199,7 +192,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
             else:
                 model, losses = _train_masks(standin, kind == "ramt", cfg, lr, seed, shots,
                                              zero_shot_text["base"])
-                score = _accuracy(model, *val, zero_shot_text["base"])
+                score = encoder_accuracy(model, *val, zero_shot_text["base"])
             info[f"val_acc_lr_{lr:g}"] = score
             if best is None or score > best[0]:
                 best = (score, lr, model, losses)
@@ -215,7 +208,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
             info["mask_sparsity"] = mask_sparsity(model)
 
             def evaluate(x, y, half):
-                return _accuracy(model, x, y, zero_shot_text[half])
+                return encoder_accuracy(model, x, y, zero_shot_text[half])
     val_acc = evaluate(*val, "base")
     base_acc = evaluate(*halves["base"], "base")
     novel_acc = evaluate(*halves["novel"], "novel")

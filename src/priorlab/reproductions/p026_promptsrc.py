@@ -153,6 +153,17 @@ def train_prompts(standin, arm: str, cfg: dict, lr: float, seed: int, shots, bas
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in ARMS:
         raise did_you_mean(arm, ARMS, "arm")
+    train = None if ARMS[arm] is None else (
+        lambda standin, lr, shots, base_names, frozen_text:
+        train_prompts(standin, arm, cfg, lr, seed, shots, base_names, frozen_text))
+    return run_prompt_arm(train, cfg, seed)
+
+
+def run_prompt_arm(train, cfg: dict, seed: int) -> RunOutput:
+    """One arm of the base-to-novel protocol: ``train(standin, lr, shots, base_names, frozen_text)
+    -> (prompted model, per-epoch losses)`` for each lr of ``cfg["lr_grid"]``, the best on base
+    validation kept; ``train=None`` is the untrained ("a photo of a") zero-shot arm. Shared by the
+    prompt-learning reproductions (26, 46)."""
     torch.set_num_threads(1)
     pool, shot_pool, val, halves, base, novel = base_to_novel_data(cfg["n_pretrain"], cfg["n_val"],
                                                                    cfg["n_test"], cfg["shift"])
@@ -162,13 +173,13 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     shots = few_shot(*shot_pool, base, cfg["shots"], seed)
     frozen_text = prompt_ensemble(base_names, TEMPLATES)
     tuning, curves, info = {}, {}, {}
-    if ARMS[arm] is None:
+    if train is None:
         model = PromptedStandIn(standin, n_text_context=cfg["n_context"])  # "a photo of a" untrained
         val_acc = prompted_accuracy(model, *val, base_names)
     else:
         best = None
         for lr in cfg["lr_grid"]:
-            candidate, losses = train_prompts(standin, arm, cfg, lr, seed, shots, base_names, frozen_text)
+            candidate, losses = train(standin, lr, shots, base_names, frozen_text)
             score = prompted_accuracy(candidate, *val, base_names)
             info[f"val_acc_lr_{lr:g}"] = score
             if best is None or score > best[0]:

@@ -30,12 +30,9 @@ from priorlab.functional.disa import (
 )
 from priorlab.functional.prompt_regularisers import GaussianPromptAggregator
 from priorlab.harness.claim import Budget, Claim, Comparison, Guard, RunOutput, Untested
-from priorlab.reproductions.p026_promptsrc import ARMS as P026_ARMS
-from priorlab.reproductions.p026_promptsrc import train_prompts
+from priorlab.reproductions.p026_promptsrc import run_prompt_arm, train_prompts
 from priorlab.seed import seed_everything
-from priorlab.vl.protocol import base_to_novel_data, few_shot, prompted_accuracy
-from priorlab.vl.standin import FASHION_CLASSES, TEMPLATES, PromptedStandIn, cached_pretrain, harmonic_mean
-from priorlab.vl.text import prompt_ensemble
+from priorlab.vl.standin import PromptedStandIn
 
 ARMS = ("zero_shot", "coop", "promptsrc", "disa")
 
@@ -162,45 +159,14 @@ def train_disa(standin, cfg: dict, lr: float, seed: int, shots, base_names, froz
     return model, losses
 
 
-def _train(standin, arm, cfg, lr, seed, shots, base_names, frozen_text):
-    if arm == "disa":
-        return train_disa(standin, cfg, lr, seed, shots, base_names, frozen_text)
-    assert P026_ARMS[arm] is not None  # coop / promptsrc: p026's own loop
-    return train_prompts(standin, arm, cfg, lr, seed, shots, base_names, frozen_text)
-
-
 def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     if arm not in ARMS:
         raise did_you_mean(arm, ARMS, "arm")
-    torch.set_num_threads(1)
-    pool, shot_pool, val, halves, base, novel = base_to_novel_data(cfg["n_pretrain"], cfg["n_val"],
-                                                                   cfg["n_test"], cfg["shift"])
-    base_names = [FASHION_CLASSES[c] for c in base]
-    novel_names = [FASHION_CLASSES[c] for c in novel]
-    standin = cached_pretrain(*pool, FASHION_CLASSES, seed, epochs=cfg["pretrain_epochs"])
-    shots = few_shot(*shot_pool, base, cfg["shots"], seed)
-    frozen_text = prompt_ensemble(base_names, TEMPLATES)
-    tuning, curves, info = {}, {}, {}
     if arm == "zero_shot":
-        model = PromptedStandIn(standin, n_text_context=cfg["n_context"])  # "a photo of a" untrained
-        val_acc = prompted_accuracy(model, *val, base_names)
-    else:
-        best = None
-        for lr in cfg["lr_grid"]:
-            candidate, losses = _train(standin, arm, cfg, lr, seed, shots, base_names, frozen_text)
-            score = prompted_accuracy(candidate, *val, base_names)
-            info[f"val_acc_lr_{lr:g}"] = score
-            if best is None or score > best[0]:
-                best = (score, lr, candidate, losses)
-        val_acc, lr, model, losses = best
-        curves["train_loss"] = {"x": [float(e + 1) for e in range(len(losses))], "y": losses}
-        if len(cfg["lr_grid"]) > 1:
-            tuning["lr"] = {"grid": list(cfg["lr_grid"]), "selected": lr}
-        info["lr"] = lr
-    base_acc = prompted_accuracy(model, *halves["base"], base_names)
-    novel_acc = prompted_accuracy(model, *halves["novel"], novel_names)
-    metrics = {"novel_acc": novel_acc, "base_acc": base_acc, "hm": harmonic_mean(base_acc, novel_acc),
-               "base_val_acc": val_acc}
-    resolution = {"novel_acc": 1 / len(halves["novel"][1]), "base_acc": 1 / len(halves["base"][1]),
-                  "hm": 1 / len(halves["novel"][1]), "base_val_acc": 1 / len(val[1])}
-    return RunOutput(metrics=metrics, curves=curves, info=info, resolution=resolution, tuning=tuning)
+        return run_prompt_arm(None, cfg, seed)
+    if arm == "disa":
+        return run_prompt_arm(lambda standin, lr, shots, base_names, frozen_text:
+                              train_disa(standin, cfg, lr, seed, shots, base_names, frozen_text), cfg, seed)
+    return run_prompt_arm(lambda standin, lr, shots, base_names, frozen_text:  # p026's own loop
+                          train_prompts(standin, arm, cfg, lr, seed, shots, base_names, frozen_text),
+                          cfg, seed)

@@ -58,3 +58,12 @@ def prompted_accuracy(model: PromptedStandIn, x: torch.Tensor, y: torch.Tensor, 
     correct = sum((model.image_features(x[i:i + 1000]) @ text.T).argmax(1).eq(y[i:i + 1000]).sum().item()
                   for i in range(0, len(y), 1000))
     return correct / len(y)
+
+
+@torch.no_grad()
+def encoder_accuracy(encoder, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> float:
+    """Accuracy of an image ``encoder`` classifying by cosine to fixed class ``text`` features
+    (the masked or LoRA-tuned encoders of 19 and 18, with "a photo of a {name}." prompts)."""
+    correct = sum((encoder(x[i:i + 1000]) @ text.T).argmax(1).eq(y[i:i + 1000]).sum().item()
+                  for i in range(0, len(y), 1000))
+    return correct / len(y)
