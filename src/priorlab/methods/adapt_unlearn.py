@@ -25,7 +25,7 @@ from priorlab.errors import PriorlabError, did_you_mean
 from priorlab.continual.regularisers import ParameterAnchor
 from priorlab.functional.unlearning import REPULSION_KINDS, parameter_distance, repulsion_loss
 from priorlab.generative.gan import adversarial_training, generator_loss
-from priorlab.hooks import Adapter, StepContext
+from priorlab.hooks import Adapter, StepContext, unwrap_model
 from priorlab.registry import Example, MethodCard, Paper, register
 from priorlab.validation import check_number, check_tensor
 
@@ -136,7 +136,7 @@ class ParameterRepulsion(Adapter):
         self._params: dict[str, torch.Tensor] = {}
 
     def setup(self, model: nn.Module, optimizer) -> nn.Module:
-        named = dict(model.named_parameters())
+        named = dict(unwrap_model(model).named_parameters())  # DDP prefixes names with "module."
         unknown = sorted(set(self.anchor) - set(named))
         if unknown:
             raise PriorlabError(f"ParameterRepulsion: the model has no parameter(s) {unknown[:3]}")

@@ -198,6 +198,10 @@ class SaRARegulariser(Adapter):
     ``progressive_step=None`` disables the re-selection; ``lambda_rank=0`` the penalty.
     """
 
+    # re-selection replaces the trainable parameters mid-run, which DistributedDataParallel (which
+    # registers its parameters once, at wrapping) would not synchronise
+    ddp_safe = False
+
     def __init__(self, lambda_rank: float = 5e-4, progressive_step: int | None = None, *,
                  min_dim: int = 64, seed: int = 0):
         try:

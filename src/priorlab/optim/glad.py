@@ -133,6 +133,10 @@ class GLAD(Adapter):
     Stateless: ``state_dict`` is empty.
     """
 
+    # the SAM gradient is taken with torch.autograd on each rank's own batch, outside DDP's
+    # gradient all-reduce, so ranks would step on different directions
+    ddp_safe = False
+
     def __init__(self, loss_fn: Callable, *, rho: float = DEFAULT_RHO, strength: float = DEFAULT_STRENGTH,
                  params: Iterable[torch.Tensor] | None = None):
         if not callable(loss_fn):
