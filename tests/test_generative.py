@@ -136,3 +136,16 @@ def test_classifier_rates_and_feature_distance():
     assert rates.shape == (10,) and float(rates.sum()) == pytest.approx(1.0)
     assert classifier_frechet_distance(classifier, x[:60], x[:60]) == pytest.approx(0.0, abs=1e-6)
     assert classifier_frechet_distance(classifier, x[:60], torch.rand(60, 1, 16, 16)) > 0
+
+
+def test_image_grid_tiles_images_with_white_gutters_and_rejects_bad_input():
+    from priorlab.generative import image_grid
+    images = torch.stack([torch.full((1, 2, 3), v) for v in (0.0, 0.5, 1.0)])
+    grid = torch.tensor(image_grid(images, columns=2))
+    assert grid.shape == (2 * 3 - 1, 2 * 4 - 1)
+    assert grid[0:2, 0:3].eq(0).all() and grid[0:2, 4:7].eq(0.5).all() and grid[3:5, 0:3].eq(1).all()
+    assert grid[2].eq(1).all() and grid[:, 3].eq(1).all() and grid[3:5, 4:7].eq(1).all()  # gutters, empty
+    with pytest.raises(PriorlabError, match="images"):
+        image_grid(torch.rand(2, 2, 3, 3))  # two channels
+    with pytest.raises(PriorlabError, match="columns"):
+        image_grid(images, columns=0)

@@ -83,7 +83,7 @@ def fake():
         acc = 0.5 + (0.2 if arm == "method" else 0.0) + 0.01 * seed
         return RunOutput({"acc": acc, "ece": 0.1 - 0.001 * seed},
                          {"loss": {"x": [1, 2, 3], "y": [1.0, 0.5, 0.25 + 0.01 * seed]}},
-                         resolution={"acc": 1e-3})
+                         info={"samples_image": [[0.0, 1.0], [acc, 0.5]]}, resolution={"acc": 1e-3})
 
     module.run = run
     card = registry.MethodCard(
@@ -128,9 +128,11 @@ def test_site_pages_and_bytes_reproducible(site, tmp_path):
     page = (root / "papers" / "0-site-fake.html").read_text()
     for needed in ("A fake paper", "acc 0.9 (Table 1)", "nothing to measure", "<code>no data</code>",
                    "Smaller than the paper", "priorlab reproduce 0 --tier full --seed-start 100",
-                   "../plots/site-fake_full.png", "method vs baseline", "0.710 ± 0.010"):
+                   "../plots/site-fake_full.png", "../plots/site-fake_full_images.png",
+                   "method vs baseline", "0.710 ± 0.010"):
         assert needed in page, needed
     assert (root / "plots" / "site-fake_full.png").is_file()
+    assert (root / "plots" / "site-fake_full_images.png").is_file()  # the sample grids per arm
     # the same files give the same bytes
     again = tmp_path / "again"
     write_report(site.results, again)

@@ -6,6 +6,7 @@ from priorlab.generative.evaluate import (
     class_rates,
     classifier_frechet_distance,
     frechet_distance,
+    image_grid,
     pretrained_classifier,
 )
 from priorlab.generative.gan import (
@@ -25,6 +26,7 @@ __all__ = [
     "classifier_frechet_distance",
     "digit_images",
     "frechet_distance",
+    "image_grid",
     "pretrained_classifier",
     "pretrained_gan",
 ]

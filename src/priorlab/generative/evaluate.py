@@ -133,3 +133,20 @@ def classifier_frechet_distance(classifier: DigitClassifier, generated: torch.Te
     space (an FID-like score; not Inception FID)."""
     with torch.no_grad():
         return frechet_distance(classifier.features(generated), classifier.features(real))
+
+
+def image_grid(images: torch.Tensor, columns: int = 8) -> list[list[float]]:
+    """Tile (N, 1, H, W) or (N, H, W) images with values in [0, 1] into one 2-D grid (rows of
+    ``columns`` images, a 1-pixel white gutter), as nested lists: put it in ``RunOutput.info``
+    under a name ending in ``_image`` and the report draws it (seed 0, one panel per arm)."""
+    if images.dim() == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    check_tensor(images, "images", who="image_grid", ndim=3, dtype="float", non_empty=True, finite=True)
+    check_number(columns, "columns", who="image_grid", integer=True, low=1)
+    n, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.ones(rows * (h + 1) - 1, columns * (w + 1) - 1)
+    for i, image in enumerate(images.detach().clamp(0, 1).cpu()):
+        r, c = divmod(i, columns)
+        grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = image
+    return [[round(float(v), 3) for v in row] for row in grid]

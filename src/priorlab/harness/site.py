@@ -254,6 +254,10 @@ def _figures(e: dict) -> str:
                    'each arm, and the recorded curves per arm"><figcaption>Left: the primary metric per seed '
                    "(bar = mean). Right: curves, mean over seeds with the min–max band."
                    "</figcaption></figure>")
+    if e["images"]:
+        out.append(f'<figure><img src="../plots/{e["images"]}" alt="images per arm, seed 0">'
+                   "<figcaption>Images each arm recorded for seed 0 (samples, reconstructions or "
+                   "learned atoms).</figcaption></figure>")
     for name in e["figures"]:
         out.append(f'<figure><img src="../plots/{e["method"]}/{name}" alt="{_esc(name)}">'
                    f"<figcaption>{_esc(name)}</figcaption></figure>")
@@ -353,6 +357,7 @@ def _entries(results: Path, summaries: list[dict]) -> list[dict]:
         claim = claim_of(owner)
         s = by_method.get(claim.method)
         plot = f"{claim.method}_{s['tier']}.png" if s else None
+        images = f"{claim.method}_{s['tier']}_images.png" if s else None
         figures = results / claim.method / "figures"
         entries.append({
             "card": owner, "claim": claim, "method": claim.method, "summary": s,
@@ -361,6 +366,7 @@ def _entries(results: Path, summaries: list[dict]) -> list[dict]:
             "status": s["status"] if s else "not run",
             "verdict": verdict_class(s["status"]) if s else "not run",
             "plot": plot if plot and (results / "plots" / plot).is_file() else None,
+            "images": images if images and (results / "plots" / images).is_file() else None,
             "figures": sorted(p.name for p in figures.glob("*.png")) if figures.is_dir() else [],
             "lock": read_lock(results, claim) if s and s["tier"] == "full" else None})
     return sorted(entries, key=lambda e: (e["card"].seed_id, e["method"]))
@@ -385,8 +391,9 @@ def write_site(results: Path, out: Path, summaries: list[dict]) -> Path:
     (site / "site.js").write_text(SCRIPT, encoding="utf-8")
     flow = next((e for e in entries if e["method"] == SCENE_FLOW_METHOD and e["summary"]), None)
     for e in entries:
-        if e["plot"]:
-            shutil.copyfile(results / "plots" / e["plot"], site / "plots" / e["plot"])
+        for plot in (e["plot"], e["images"]):
+            if plot:
+                shutil.copyfile(results / "plots" / plot, site / "plots" / plot)
         if e["figures"]:
             (site / "plots" / e["method"]).mkdir(exist_ok=True)
             for name in e["figures"]:
