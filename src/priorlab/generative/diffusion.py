@@ -84,13 +84,18 @@ def _encode(prompts: tuple[str, ...], max_length: int) -> tuple[torch.Tensor, to
     tokenizer, model = load_minilm()
     batch = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
                       return_tensors="pt")
-    # causal mask, as CLIP's text tower: a token's state depends on earlier tokens only, so
-    # "a" reads the same in "a three" and "a seven"
-    causal = torch.tril(torch.ones(max_length, max_length, dtype=torch.bool))
-    mask = (causal[None] & batch["attention_mask"].bool()[:, None, :])[:, None]
     with torch.no_grad():
-        states = model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
-    return states, batch["input_ids"]
+        states = model(input_ids=batch["input_ids"], attention_mask=causal_mask(batch["attention_mask"]))
+    return states.last_hidden_state, batch["input_ids"]
+
+
+def causal_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, 1, L, L) boolean mask for MiniLM from its (N, L) padding mask, causal as CLIP's text
+    tower: a token's state depends on earlier tokens only, so "a" reads the same in "a three"
+    and "a seven"."""
+    length = attention_mask.shape[1]
+    causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
+    return (causal[None] & attention_mask.bool()[:, None, :])[:, None]
 
 
 def prompt_tokens(prompts: Sequence[str], max_length: int = MAX_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,18 +194,30 @@ def sample(unet, prompts: Sequence[str], *, steps: int = 20, guidance: float = 3
     """DDIM (eta 0) samples in [0, 1], one per prompt, with classifier-free guidance
     ``eps_u + guidance (eps_c - eps_u)``. Pass ``noise`` (N, 1, S, S) to reuse initial latents
     (same noise before and after an edit)."""
-    steps = check_number(steps, "steps", who="sample", low=1, integer=True)
-    size = unet.config.sample_size
-    if noise is None:
-        noise = torch.randn(len(prompts), 1, size, size, generator=generator)
-    check_tensor(noise, "noise", who="sample", shape=(len(prompts), 1, size, size), dtype="float")
+    if isinstance(prompts, str) or not prompts:
+        raise PriorlabError(f"sample: prompts must be a non-empty list of strings, got {prompts!r}")
     states, _ = prompt_tokens(list(prompts) + [""])
-    cond, empty = states[:-1], states[-1:].expand(len(prompts), -1, -1)
+    return sample_states(unet, states[:-1], steps=steps, guidance=guidance, generator=generator, noise=noise)
+
+
+@torch.no_grad()
+def sample_states(unet, states: torch.Tensor, *, steps: int = 20, guidance: float = 3.0,
+                  generator: torch.Generator | None = None,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`sample` from given per-prompt context states (N, L, 384) — e.g. prompts whose
+    pseudo-word embedding was learnt (textual inversion) — against the empty prompt's states."""
+    steps = check_number(steps, "steps", who="sample", low=1, integer=True)
+    check_tensor(states, "states", who="sample", ndim=3, dtype="float", non_empty=True, finite=True)
+    n, size = len(states), unet.config.sample_size
+    if noise is None:
+        noise = torch.randn(n, 1, size, size, generator=generator)
+    check_tensor(noise, "noise", who="sample", shape=(n, 1, size, size), dtype="float")
+    empty = prompt_tokens([""], max_length=states.shape[1])[0].expand(n, -1, -1)
     scheduler = _diffusers().DDIMScheduler(num_train_timesteps=1000, clip_sample=True)
     scheduler.set_timesteps(steps)
     x = noise.clone()
     for t in scheduler.timesteps:
-        eps = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([empty, cond])).sample
+        eps = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([empty, states])).sample
         eps_u, eps_c = eps.chunk(2)
         x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
     return ((x + 1) / 2).clamp(0, 1)
@@ -208,8 +225,13 @@ def sample(unet, prompts: Sequence[str], *, steps: int = 20, guidance: float = 3
 
 def pretrained_diffusion(*, image_size: int = 8, channels: Sequence[int] = (16, 32), steps: int = 1200,
                          batch_size: int = 64, lr: float = 1e-3, seed: int = 0, fd_samples: int = 300,
-                         classifier_epochs: int = 15, cache: bool = True) -> tuple[object, dict]:
+                         classifier_epochs: int = 15, held_out: Sequence[int] = (),
+                         cache: bool = True) -> tuple[object, dict]:
     """The tiny text-to-image model trained on captioned digits (train split), cached per config.
+
+    ``held_out`` classes are left out of training (a concept the model has never seen, for
+    personalisation: :mod:`priorlab.generative.personalize`); the Fréchet distance then covers
+    the other classes only.
 
     ``info`` holds the config, ``train_seconds`` (of the run that filled the cache), the class
     medians of ink mass, and ``frechet_distance``: samples of the "a k" prompts (uniform over
@@ -219,6 +241,12 @@ def pretrained_diffusion(*, image_size: int = 8, channels: Sequence[int] = (16, 
     config = {"image_size": image_size, "channels": list(channels), "steps": steps,
               "batch_size": batch_size, "lr": lr, "seed": seed, "fd_samples": fd_samples,
               "classifier_epochs": classifier_epochs, "max_tokens": MAX_TOKENS, "v": 3}
+    held_out = sorted({int(k) for k in held_out})
+    if any(not 0 <= k < len(DIGIT_NAMES) for k in held_out) or len(held_out) >= len(DIGIT_NAMES):
+        raise PriorlabError(f"pretrained_diffusion: held_out must be some (not all) of the classes "
+                            f"0..9, got {held_out}")
+    if held_out:  # only then in the key: the caches of models trained on every class stay valid
+        config["held_out"] = held_out
     key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "diffusion" / f"unet_{key}.pt"
     unet = tiny_unet(image_size, channels, seed=seed)
@@ -241,15 +269,16 @@ def pretrained_diffusion(*, image_size: int = 8, channels: Sequence[int] = (16, 
 def _train_and_score(unet, config: dict, path) -> tuple[object, dict]:
     from priorlab.generative.evaluate import classifier_frechet_distance, pretrained_classifier
     image_size, seed, fd_samples = config["image_size"], config["seed"], config["fd_samples"]
-    x, y = digit_images(image_size, "train")
+    kept = [k for k in range(len(DIGIT_NAMES)) if k not in config.get("held_out", [])]
+    x, y = _only(digit_images(image_size, "train"), kept)
     start = time.perf_counter()
     captions = caption_digits(x, y, templates=CAPTION_TEMPLATES, seed=seed)
     losses = train_diffusion(unet, x, captions, steps=config["steps"], batch_size=config["batch_size"],
                              lr=config["lr"], seed=seed)
     seconds = time.perf_counter() - start
     classifier, _ = pretrained_classifier(image_size=image_size, epochs=config["classifier_epochs"])
-    x_val, _ = digit_images(image_size, "val")
-    labels = torch.arange(fd_samples) % 10
+    x_val, _ = _only(digit_images(image_size, "val"), kept)
+    labels = torch.tensor(kept)[torch.arange(fd_samples) % len(kept)]
     generated = sample(unet, [digit_prompt(int(k)) for k in labels],
                        generator=torch.Generator().manual_seed(seed))
     info = {**config, "train_seconds": seconds, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
@@ -259,3 +288,10 @@ def _train_and_score(unet, config: dict, path) -> tuple[object, dict]:
     if path is not None:
         _atomic_save({"model": unet.state_dict(), "info": json.dumps(info)}, path)
     return unet, info
+
+
+def _only(data: tuple[torch.Tensor, torch.Tensor], classes: Sequence[int]):
+    """The images and labels of ``classes`` only."""
+    x, y = data
+    keep = torch.isin(y, torch.tensor(list(classes)))
+    return x[keep], y[keep]
