@@ -35,7 +35,7 @@ from scipy.optimize import linear_sum_assignment
 
 from priorlab.errors import did_you_mean
 from priorlab.fields import psnr
-from priorlab.generative.evaluate import pretrained_classifier
+from priorlab.generative.evaluate import image_grid, pretrained_classifier
 from priorlab.generative.gan import digit_images, pretrained_gan
 from priorlab.generative.inversion import (
     invert_features,
@@ -205,7 +205,10 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
                "feature_snr": -10 * math.log10(max(feature_dist, 1e-12)), "match_loss": result.loss}
     info = {"stage": result.stage, "stage_losses": result.stage_losses, "attack_steps": total,
             "prune_ratio": prune, "labels": labels.tolist(),
-            "client_test_acc": accuracy(model, *test)}
+            "client_test_acc": accuracy(model, *test),
+            # top row: the private batch; bottom row: what the attack recovered from its gradients
+            "private_and_reconstruction_image": image_grid(torch.cat([private, images]),
+                                                           columns=len(private))}
     return RunOutput(metrics=metrics, info=info,
                      resolution={"psnr": 0.1, "feature_snr": 0.1, "feature_dist": 1e-4,
                                  "match_loss": 1e-4})

@@ -39,7 +39,7 @@ from priorlab.generative.diffusion import (
     prompt_tokens,
     sample,
 )
-from priorlab.generative.evaluate import pretrained_classifier
+from priorlab.generative.evaluate import image_grid, pretrained_classifier
 from priorlab.harness.claim import Budget, Claim, Comparison, Guard, RunOutput, Untested
 
 ARMS = ("unedited", "time")
@@ -135,7 +135,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
     classifier, _ = pretrained_classifier(image_size=cfg["image_size"], epochs=cfg["classifier_epochs"])
     medians, n, size = info["class_medians"], cfg["n_samples"], cfg["image_size"]
     rates = {"efficacy": [], "generality": [], "negatives_thick_rate": [], "source_class_rate": []}
-    edit_seconds, n_edited = [], 0
+    edit_seconds, n_edited, grid = [], 0, None
     for digit in cfg["edit_digits"]:
         originals = {}
         if arm == "time":
@@ -150,6 +150,8 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
                             generator=torch.Generator().manual_seed(1000 * seed + digit))
         images = sample(unet, prompts, steps=cfg["sample_steps"], guidance=cfg["guidance"], noise=noise)
         source, related, negatives = images[:n], images[n:2 * n], images[2 * n:].split(n)
+        if grid is None:  # rows: the source prompt, the generality prompt, an unrelated digit
+            grid = image_grid(torch.cat([source[:8], related[:8], negatives[0][:8]]), columns=min(n, 8))
         rates["efficacy"].append(_thick_rate(source, medians[digit]))
         rates["generality"].append(_thick_rate(related, medians[digit]))
         rates["negatives_thick_rate"].append(
@@ -169,6 +171,6 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
         info={"model_train_seconds": info["train_seconds"], "model_final_loss": info["final_loss"],
               "frechet_note": info["frechet_note"], "edited_digits": cfg["edit_digits"],
               "cross_attention_layers": [name for name, _ in cross_attention_layers(unet)],
-              "per_digit": rates},
+              "per_digit": rates, "samples_image": grid},
         resolution={"efficacy": step, "generality": step, "source_class_rate": step,
                     "negatives_thick_rate": step / 9})
