@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from priorlab.continual.regularisers import feature_distillation, prediction_distillation
+from priorlab.fields.pfnr import winning_mask
 from priorlab.functional.attention_sparsity import attention_log_penalty
 from priorlab.functional.contrastive import spectral_contrastive_loss, supcon_loss
 from priorlab.functional.coteaching import coteaching_loss, small_loss_indices
@@ -122,6 +123,8 @@ TARGETS = [
                                                                       b=randn(g, b, c))),
     Target("best_truncation", best_truncation, lambda g, b, c: dict(
         truncation_logits=randn(g, 3, b, c), targets=labels(g, b, c))),
+    Target("winning_mask", winning_mask, lambda g, b, c: dict(scores=randn(g, b, c), capacity=0.5),
+           names=("scores",)),
     Target("NestedDropout", _nested_dropout, lambda g, b, c: dict(x=randn(g, b, c),
                                                                   num_features=c),
            names=("input", "feature", "features")),
@@ -159,6 +162,7 @@ TARGETS_BY_CARD = {
     "rehearsal-free": ("prediction_distillation", "feature_distillation"),
     "d2o": ("d2o_loss",),
     "sfda2": ("information_maximisation_loss", "dispersion_loss"),
+    "pfnr": ("winning_mask",),
 }
 # cards whose component is not a tensor-in, tensor-out function, with the reason
 EXCUSED = {

@@ -5,6 +5,7 @@ from priorlab.data.images import ImageData, IndexedDataset, load_images
 from priorlab.data.markov import HMM, Windows, noisy_cycle
 from priorlab.data.modular import ModularData, modular_addition
 from priorlab.data.noise import ASYMMETRIC_MAPPINGS, asymmetric_noise, symmetric_noise
+from priorlab.data.video import CLIPS, load_clip
 
 __all__ = [
     "icl_regression_batch",
@@ -19,4 +20,6 @@ __all__ = [
     "ASYMMETRIC_MAPPINGS",
     "asymmetric_noise",
     "symmetric_noise",
+    "CLIPS",
+    "load_clip",
 ]
