@@ -25,6 +25,7 @@ from priorlab.functional.dispreference import d2o_loss
 from priorlab.functional.distill import distillation_loss
 from priorlab.functional.elr import elr_loss, elr_regularizer, elr_update_targets
 from priorlab.functional.gg_prior import backslash_penalty, estimate_gg_shape
+from priorlab.functional.grpo import grpo_loss
 from priorlab.functional.prompt_regularisers import promptsrc_loss
 from priorlab.functional.source_free import dispersion_loss, information_maximisation_loss
 from priorlab.functional.pskd import pskd_loss, pskd_targets, soft_cross_entropy
@@ -123,6 +124,9 @@ TARGETS = [
                                                                       b=randn(g, b, c))),
     Target("best_truncation", best_truncation, lambda g, b, c: dict(
         truncation_logits=randn(g, 3, b, c), targets=labels(g, b, c))),
+    Target("grpo_loss", grpo_loss, lambda g, b, c: dict(
+        logprobs=-randn(g, b, c).abs(), old_logprobs=-randn(g, b, c).abs(), advantages=randn(g, b)),
+        names=("logprobs", "advantages")),
     Target("winning_mask", winning_mask, lambda g, b, c: dict(scores=randn(g, b, c), capacity=0.5),
            names=("scores",)),
     Target("NestedDropout", _nested_dropout, lambda g, b, c: dict(x=randn(g, b, c),
@@ -163,6 +167,7 @@ TARGETS_BY_CARD = {
     "d2o": ("d2o_loss",),
     "sfda2": ("information_maximisation_loss", "dispersion_loss"),
     "pfnr": ("winning_mask",),
+    "rft": ("grpo_loss",),
 }
 # cards whose component is not a tensor-in, tensor-out function, with the reason
 EXCUSED = {
