@@ -1,6 +1,9 @@
-"""Small generative models trained here (a DCGAN for digits) and the classifier-based scores
-used to judge them (class rates, a Fréchet distance over a digits classifier's features)."""
+"""Small generative models trained here (a DCGAN for digits, a VQ tokenizer with an
+autoregressive token generator, a tiny text-to-image diffusion model in ``diffusion``) and the
+classifier-based scores used to judge them (class rates, a Fréchet distance over a digits
+classifier's features)."""
 
+from priorlab.generative.autoregressive import TokenTransformer, tokenizer_pipeline
 from priorlab.generative.evaluate import (
     DigitClassifier,
     class_rates,
@@ -16,11 +19,14 @@ from priorlab.generative.gan import (
     digit_images,
     pretrained_gan,
 )
+from priorlab.generative.tokenizer import VQTokenizer, pretrained_tokenizer
 
 __all__ = [
     "DigitClassifier",
     "Discriminator",
     "Generator",
+    "TokenTransformer",
+    "VQTokenizer",
     "adversarial_training",
     "class_rates",
     "classifier_frechet_distance",
@@ -29,4 +35,6 @@ __all__ = [
     "image_grid",
     "pretrained_classifier",
     "pretrained_gan",
+    "pretrained_tokenizer",
+    "tokenizer_pipeline",
 ]
