@@ -218,6 +218,8 @@ EXCUSED = {
     "hft": "freezes half of a model's matrices (no tensor inputs); bad input in tests/test_hft.py",
     "gigatok": "to do: fuzz semantic_alignment_loss / codebook_entropy_loss (tests/test_gigatok.py)",
     "robusttok": "to do: fuzz latent_perturbation / perturb_tokens (tests/test_robusttok.py)",
+    "smooth-diffusion": "a penalty on a UNet's Jacobian (needs the model); bad input in its test file",
+    "continued-pretraining": "to do: fuzz mask_tokens and dann_loss (tests/test_domain_adaptation.py)",
     "neumeta": "a hypernetwork emitting a network's weights per width; bad input in tests/test_neumeta.py",
 }
 
