@@ -35,13 +35,21 @@ def test_textual_inversion_learns_only_the_embedding():
     unet = tiny_unet(channels=(8, 16), head_dim=4, seed=0)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     images = P.concept_images(9, 4, seed=0)
-    calls = []
+    calls, after = [], []
     embedding, losses = P.textual_inversion(unet, images, steps=3, batch_size=2, lr=0.05,
-                                            extra_loss=lambda e, step: calls.append(step) or 0 * e.sum())
-    assert len(losses) == 3 and calls == [0, 1, 2]
+                                            extra_loss=lambda e, step: calls.append(step) or 0 * e.sum(),
+                                            after_step=lambda e, step: after.append(step))
+    assert len(losses) == 3 and calls == [0, 1, 2] and after == [0, 1, 2]
     assert not torch.allclose(embedding, P.word_embedding("digit"))
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
     assert all(p.requires_grad for p in unet.parameters())  # frozen only inside
+
+
+def test_concept_median_is_the_real_class_median():
+    from priorlab.generative.diffusion import class_medians
+    from priorlab.generative.gan import digit_images
+    x, y = digit_images(8, "train")
+    assert P.concept_median(9) == pytest.approx(float(class_medians(x, y)[9]))
 
 
 def test_concept_images_and_scores():

@@ -103,11 +103,13 @@ def diffusion_loss(unet, images: torch.Tensor, states: torch.Tensor, *,
 def textual_inversion(unet, images: torch.Tensor, *, steps: int, lr: float = 5e-3, batch_size: int = 8,
                       init_word: str = SUPER_CATEGORY, templates: Sequence[str] = TEMPLATES, seed: int = 0,
                       extra_loss: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                      after_step: Callable[[torch.Tensor, int], None] | None = None,
                       ) -> tuple[torch.Tensor, list[float]]:
     """Plain textual inversion: one input embedding for ``*``, initialised at ``init_word``'s,
     learnt by the denoising loss on ``images`` with prompts ``template.format("*")`` (AdamW, no
     weight decay, as the official code); the UNet and text encoder stay frozen.
-    ``extra_loss(embedding, step)`` adds a regulariser. Returns (embedding, losses)."""
+    ``extra_loss(embedding, step)`` adds a regulariser; ``after_step(embedding, step)`` runs after
+    each optimiser step (e.g. CoRe's norm rescaling). Returns (embedding, denoising losses)."""
     steps = check_number(steps, "steps", who="textual_inversion", low=1, integer=True)
     check_number(lr, "lr", who="textual_inversion", low=0, low_open=True)
     check_tensor(images, "images", who="textual_inversion", ndim=4, dtype="float", non_empty=True,
@@ -122,15 +124,16 @@ def textual_inversion(unet, images: torch.Tensor, *, steps: int, lr: float = 5e-
             prompts = [templates[int(i)].format(PLACEHOLDER)
                        for i in torch.randint(len(templates), (batch_size,), generator=rng)]
             states, _ = placeholder_states(prompts, embedding)
-            loss = diffusion_loss(unet, images[idx], states, generator=rng)
-            if extra_loss is not None:
-                loss = loss + extra_loss(embedding, step)
+            denoising = diffusion_loss(unet, images[idx], states, generator=rng)
+            loss = denoising if extra_loss is None else denoising + extra_loss(embedding, step)
             if not torch.isfinite(loss):
                 raise PriorlabError(f"textual_inversion: non-finite loss at step {step}")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            if after_step is not None:
+                after_step(embedding, step)
+            losses.append(denoising.item())
     return embedding.detach(), losses
 
 
@@ -161,6 +164,13 @@ def concept_images(label: int, n: int, seed: int, *, image_size: int = 8,
         raise PriorlabError(f"concept_images: the {split} split has {len(pool)} images of class {label}, "
                             f"asked for {n}")
     return pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def concept_median(label: int, image_size: int = 8) -> float:
+    """The median ink mass of the real train-split images of ``label``: the thick/thin threshold
+    for the concept (the held-out model's own class medians have none for the class it never saw)."""
+    x, y = digit_images(image_size, "train")
+    return float(ink_mass(x[y == int(label)]).median())
 
 
 def concept_scores(classifier: torch.nn.Module, samples: torch.Tensor, thick: torch.Tensor,

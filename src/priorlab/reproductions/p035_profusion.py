@@ -35,7 +35,7 @@ import time
 import torch
 
 from priorlab.errors import did_you_mean
-from priorlab.generative.diffusion import _diffusers, ink_mass, prompt_tokens, sample_states
+from priorlab.generative.diffusion import _diffusers, prompt_tokens, sample_states
 from priorlab.generative.evaluate import image_grid, pretrained_classifier
 from priorlab.generative.gan import digit_images
 from priorlab.generative.personalize import (
@@ -44,6 +44,7 @@ from priorlab.generative.personalize import (
     SUPER_CATEGORY,
     TEMPLATES,
     concept_images,
+    concept_median,
     concept_scores,
     frozen,
     held_out_diffusion,
@@ -256,8 +257,7 @@ def run(arm: str, cfg: dict, seed: int) -> RunOutput:
                                     classifier_epochs=cfg["classifier_epochs"])
     classifier, _ = pretrained_classifier(image_size=size, epochs=cfg["classifier_epochs"])
     images = concept_images(cfg["concept"], cfg["n_concept"], seed, image_size=size)
-    x, y = digit_images(size, "train")
-    median = float(ink_mass(x[y == cfg["concept"]]).median())
+    median = concept_median(cfg["concept"], size)
     noise = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(1000 + seed))
     init = word_embedding(SUPER_CATEGORY)
     metrics, curves = {}, {}
