@@ -249,8 +249,10 @@ def energy_margin_loss(id_logits: torch.Tensor, ood_logits: torch.Tensor, *, wei
     in-distribution energy is below ``id_margin`` and every outlier's above ``ood_margin``.
     """
     who = "energy_margin_loss"
-    check_tensor(id_logits, "id_logits", who=who, dtype="float", shape=(None, None))
-    check_tensor(ood_logits, "ood_logits", who=who, dtype="float", shape=(None, id_logits.shape[1]))
+    check_tensor(id_logits, "id_logits", who=who, dtype="float", shape=(None, None), non_empty=True,
+                 finite=True)
+    check_tensor(ood_logits, "ood_logits", who=who, dtype="float", shape=(None, id_logits.shape[1]),
+                 non_empty=True, finite=True)
     weight = check_number(weight, "weight", who=who, low=0)
     id_margin = check_number(id_margin, "id_margin", who=who)
     ood_margin = check_number(ood_margin, "ood_margin", who=who)

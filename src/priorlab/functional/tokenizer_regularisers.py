@@ -33,8 +33,9 @@ from priorlab.validation import check_number, check_tensor
 def semantic_alignment_loss(projected: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """``mean(1 - cos)`` between (N, C, H, W) projected decoder features and the frozen model's
     (N, C, H, W) features, the cosine taken over channels at each position (GigaTok, Eq. 2)."""
-    check_tensor(projected, "projected", who="semantic_alignment_loss", ndim=4, dtype="float")
-    check_tensor(teacher, "teacher", who="semantic_alignment_loss", ndim=4, dtype="float")
+    for name, x in (("projected", projected), ("teacher", teacher)):
+        check_tensor(x, name, who="semantic_alignment_loss", ndim=4, dtype="float", non_empty=True,
+                     finite=True)
     if projected.shape != teacher.shape:
         raise PriorlabError(f"semantic_alignment_loss: shapes differ ({tuple(projected.shape)} vs "
                             f"{tuple(teacher.shape)}); pool or project one to the other")
@@ -83,7 +84,8 @@ class SemanticRegulariser(nn.Module):
 def codebook_entropy_loss(distances: torch.Tensor, temperature: float = 0.01) -> torch.Tensor:
     """Entropy penalty over (T, K) squared distances of T latents to K codes: with
     ``p = softmax(-d / temperature)``, ``mean_t H(p_t) - H(mean_t p_t)``."""
-    check_tensor(distances, "distances", who="codebook_entropy_loss", ndim=2, dtype="float", non_empty=True)
+    check_tensor(distances, "distances", who="codebook_entropy_loss", ndim=2, dtype="float", non_empty=True,
+                 finite=True)
     temperature = check_number(temperature, "temperature", who="codebook_entropy_loss", low=0.0,
                                low_open=True)
     log_p = F.log_softmax(-distances / temperature, dim=1)
