@@ -44,6 +44,7 @@ DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 TEXT_DIM = 384  # MiniLM's hidden size = the UNet's cross_attention_dim
 MAX_TOKENS = 12  # prompts are padded/truncated to this many MiniLM tokens
 CAPTION_TEMPLATES = ("a {}", "a picture of a {}")  # what the cached model is trained on
+TRAIN_TIMESTEPS = 1000  # DDPM's schedule length (linear betas), as SD
 
 
 def _diffusers():
@@ -160,22 +161,18 @@ def train_diffusion(unet, images: torch.Tensor, captions: Sequence[str], *, step
     check_tensor(images, "images", who="train_diffusion", ndim=4, dtype="float", non_empty=True, finite=True)
     if len(captions) != len(images):
         raise PriorlabError(f"train_diffusion: {len(captions)} captions for {len(images)} images")
-    scheduler = _diffusers().DDPMScheduler(num_train_timesteps=1000)
     states, _ = prompt_tokens(list(captions) + [""])
     context, empty = states[:-1], states[-1:]
     rng = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    x0_all = images * 2 - 1
     losses = []
     unet.train()
     for _ in range(steps):
         idx = torch.randint(len(images), (batch_size,), generator=rng)
-        noise = torch.randn(x0_all[idx].shape, generator=rng)
-        t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=rng)
+        noisy, noise, t = add_noise(images[idx], generator=rng)
         cond = context[idx].clone()
         cond[torch.rand(batch_size, generator=rng) < p_uncond] = empty
-        noisy = scheduler.add_noise(x0_all[idx], noise, t)
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=cond).sample, noise)
         if not torch.isfinite(loss):
             raise PriorlabError(f"train_diffusion: non-finite loss at step {len(losses)}")
@@ -186,6 +183,17 @@ def train_diffusion(unet, images: torch.Tensor, captions: Sequence[str], *, step
         losses.append(loss.item())
     unet.eval()
     return losses
+
+
+def add_noise(images: torch.Tensor, *, generator: torch.Generator | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DDPM forward process (1000-step linear schedule, as the model is trained) at uniform
+    random timesteps: ``(noisy, noise, t)`` for images in [0, 1] (scaled to [-1, 1]); the noise is
+    drawn before the timesteps."""
+    x0 = images * 2 - 1
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(TRAIN_TIMESTEPS, (len(images),), generator=generator)
+    return _diffusers().DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS).add_noise(x0, noise, t), noise, t
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from priorlab.errors import PriorlabError
 from priorlab.generative.diffusion import (
     MAX_TOKENS,
     TEXT_DIM,
-    _diffusers,
+    add_noise,
     causal_mask,
     ink_mass,
     pretrained_diffusion,
@@ -93,11 +93,8 @@ def diffusion_loss(unet, images: torch.Tensor, states: torch.Tensor, *,
     if states.ndim != 3 or len(states) != len(images):
         raise PriorlabError(f"diffusion_loss: states must be ({len(images)}, L, {TEXT_DIM}), "
                             f"got {tuple(states.shape)}")
-    scheduler = _diffusers().DDPMScheduler(num_train_timesteps=1000)
-    x0 = images * 2 - 1
-    noise = torch.randn(x0.shape, generator=generator)
-    t = torch.randint(scheduler.config.num_train_timesteps, (len(images),), generator=generator)
-    return F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=states).sample, noise)
+    noisy, noise, t = add_noise(images, generator=generator)
+    return F.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, noise)
 
 
 def textual_inversion(unet, images: torch.Tensor, *, steps: int, lr: float = 5e-3, batch_size: int = 8,

@@ -33,7 +33,6 @@ from __future__ import annotations
 import time
 
 import torch
-from diffusers import DDPMScheduler
 
 from priorlab.errors import did_you_mean
 from priorlab.functional.core_regularisers import (
@@ -43,7 +42,7 @@ from priorlab.functional.core_regularisers import (
     core_losses,
     rescale_embedding,
 )
-from priorlab.generative.diffusion import prompt_tokens, sample_states
+from priorlab.generative.diffusion import add_noise, prompt_tokens, sample_states
 from priorlab.generative.evaluate import image_grid, pretrained_classifier
 from priorlab.generative.personalize import (
     CONCEPT_PROMPTS,
@@ -151,10 +150,7 @@ def _regularisation_batch(embedding, images, rng, batch_size):
     reference, ids = prompt_tokens([t.format(SUPER_CATEGORY) for t in templates])
     mask = ids != PAD_ID
     mask[torch.arange(batch_size), where] = False
-    x0 = images[torch.randint(len(images), (batch_size,), generator=rng)] * 2 - 1
-    noise = torch.randn(x0.shape, generator=rng)
-    t = torch.randint(1000, (batch_size,), generator=rng)
-    noisy = DDPMScheduler(num_train_timesteps=1000).add_noise(x0, noise, t)
+    noisy, _, t = add_noise(images[torch.randint(len(images), (batch_size,), generator=rng)], generator=rng)
     return noisy, t, states, reference, mask
 
 

@@ -35,7 +35,7 @@ import time
 import torch
 
 from priorlab.errors import did_you_mean
-from priorlab.generative.diffusion import _diffusers, prompt_tokens, sample_states
+from priorlab.generative.diffusion import add_noise, prompt_tokens, sample_states
 from priorlab.generative.evaluate import image_grid, pretrained_classifier
 from priorlab.generative.gan import digit_images
 from priorlab.generative.personalize import (
@@ -158,7 +158,6 @@ def _train_promptnet(unet, net: PromptNet, targets: torch.Tensor, references: to
     caption, the UNet predicts the noise of ``x_t``; no regulariser. ``targets`` and
     ``references`` are drawn independently (the notebook's ref/target sampling; in pre-training
     each image is its own reference: pass the same tensor and equal indices are used)."""
-    scheduler = _diffusers().DDPMScheduler(num_train_timesteps=1000)
     params = list(net.parameters()) + list(extra_params)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     rng = torch.Generator().manual_seed(seed)
@@ -167,10 +166,8 @@ def _train_promptnet(unet, net: PromptNet, targets: torch.Tensor, references: to
     for _ in range(steps):
         idx = torch.randint(len(targets), (batch_size,), generator=rng)
         ref = idx if same else torch.randint(len(references), (batch_size,), generator=rng)
-        x0, reference = targets[idx] * 2 - 1, references[ref] * 2 - 1
-        noise = torch.randn(x0.shape, generator=rng)
-        t = torch.randint(1000, (batch_size,), generator=rng)
-        noisy = scheduler.add_noise(x0, noise, t)
+        reference = references[ref] * 2 - 1
+        noisy, noise, t = add_noise(targets[idx], generator=rng)
         prompts = [TEMPLATES[int(i)].format(PLACEHOLDER)
                    for i in torch.randint(len(TEMPLATES), (batch_size,), generator=rng)]
         states, _ = placeholder_states(prompts, net(reference, noisy, t))
