@@ -103,11 +103,12 @@ def test_ego_motion_is_applied_to_static_points_and_composed_with_object_motion(
     assert np.abs(flow[moving] - expected_moving).max() < 0.05
 
 
-def test_estimated_ego_motion_matches_the_true_one():
+@pytest.mark.parametrize("on_ground", [False, True])
+def test_estimated_ego_motion_matches_the_true_one(on_ground):
     rng = np.random.default_rng(2)
     ego = _yaw_pose(0.03, 1.2, -0.2)
-    pc1, pc2, *_ = _scene(rng, motion=(0.0, 0.0), ego=ego)
-    T = estimate_ego_motion(pc1, pc2)
+    pc1, pc2, g1, g2, _ = _scene(rng, motion=(0.0, 0.0), ego=ego)
+    T = estimate_ego_motion(pc1, pc2, **({"ground1": g1, "ground2": g2} if on_ground else {}))
     true = np.linalg.inv(ego)
     displacement = np.linalg.norm(pc1 @ (T - true)[:3, :3].T + (T - true)[:3, 3], axis=1)
     assert displacement.mean() < 0.03  # surfaces sampled afresh in each sweep: no exact match

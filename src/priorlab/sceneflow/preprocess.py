@@ -63,6 +63,14 @@ def check_points(points, name: str = "points", *, min_points: int = 1, exact3: b
     return arr
 
 
+def check_mask(mask, n: int, name: str) -> np.ndarray:
+    """``mask`` as a boolean array with one entry per point of an ``n``-point cloud, or a clear error."""
+    m = np.asarray(mask)
+    if m.dtype != bool or m.shape != (n,):
+        raise PriorlabError(f"{name} must be a boolean mask of shape ({n},), got {m.dtype} {m.shape}")
+    return m
+
+
 def crop_range(
     points, max_range: float = 80.0, *, min_range: float = 0.0, z_range=None, planar: bool = False
 ) -> np.ndarray:

@@ -5,10 +5,10 @@ cyclist or pedestrian moves (nearly) rigidly between two sweeps 0.1 s apart. The
 ICP-Flow (Lin & Caesar, "ICP-Flow: LiDAR Scene Flow Estimation with ICP", CVPR 2024, arXiv 2402.17351;
 official code yanconglin/ICP-Flow), written here in numpy/SciPy for CPU:
 
-1. **Ego motion** ``T_ego`` (maps ``pc1`` into ``pc2``'s frame): given (poses), or estimated by
+1. **Ground**: given masks (e.g. map labels), or a RANSAC plane (z up).
+2. **Ego motion** ``T_ego`` (maps ``pc1`` into ``pc2``'s frame): given (poses), or estimated by
    generalised ICP between the two full sweeps (``small_gicp``; it measured best of the registration
-   libraries tried here, see the card/README).
-2. **Ground removal**: given masks (e.g. map labels), or a RANSAC plane (z up).
+   approaches tried, see :mod:`priorlab.sceneflow.ego`), its tilt and height refined on the ground.
 3. **Clustering** of the non-ground points of both sweeps *together*, after ego compensation, with
    DBSCAN (a moving object's two copies overlap, so they share a cluster).
 4. **Per-cluster registration**: an initial translation by voting over the horizontal displacements
@@ -45,7 +45,7 @@ from sklearn.cluster import DBSCAN
 
 from priorlab.errors import PriorlabError, did_you_mean
 from priorlab.sceneflow.ego import estimate_ego_motion
-from priorlab.sceneflow.preprocess import _as_pose, check_points, remove_ground_plane
+from priorlab.sceneflow.preprocess import _as_pose, check_mask, check_points, remove_ground_plane
 
 RIGID_DEFAULTS = dict(
     cluster_eps=0.5,  # DBSCAN radius (m); chosen among 0.3-0.6 on the shared AV2 and KITTI pairs
@@ -247,11 +247,7 @@ def _ground_masks(p1, p2, ground1, ground2):
         if mask is None:
             out.append(~remove_ground_plane(pts))
             continue
-        mask = np.asarray(mask)
-        if mask.dtype != bool or mask.shape != (len(pts),):
-            raise PriorlabError(f"{name} must be a boolean mask of shape ({len(pts)},), got "
-                                f"{mask.dtype} {mask.shape}")
-        out.append(mask)
+        out.append(check_mask(mask, len(pts), name))
     return out
 
 
@@ -306,9 +302,9 @@ def rigid_flow(pc1, pc2, *, ego_motion=None, ground1=None, ground2=None, times1=
     tau1 = _times(times1, len(p1), "times1", sweep_interval)
     tau2 = _times(times2, len(p2), "times2", sweep_interval)
     estimated = ego_motion is None
-    T_ego = (estimate_ego_motion(p1, p2) if estimated
-             else _as_pose(ego_motion, "ego_motion"))
     g1, g2 = _ground_masks(p1, p2, ground1, ground2)
+    T_ego = (estimate_ego_motion(p1, p2, ground1=g1, ground2=g2) if estimated
+             else _as_pose(ego_motion, "ego_motion"))
 
     moved1 = _transform(p1, T_ego)
     a, b = moved1[~g1], p2[~g2]
