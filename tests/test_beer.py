@@ -117,3 +117,16 @@ def test_beer_arm_differs_from_its_base():
 def test_reproduction_rejects_unknown_arm():
     with pytest.raises(PriorlabError, match="did you mean"):
         p002_beer.run("beerr", p002_beer.CLAIM.tiers["smoke"], 0)
+
+
+@pytest.mark.parametrize("change, name", [
+    (dict(reward=torch.tensor([1e20])), "reward"),  # r^2 overflows: the bound was -inf (fuzz)
+    (dict(beta=1e30, reward=torch.tensor([1e15])), "beta"),  # the loss itself overflows
+])
+def test_overflow_raises_instead_of_a_silent_nan(change, name):
+    kwargs = dict(phi=torch.tensor([[1.0, 0.0, 0.0, 0.5]]), phi_next=torch.tensor([[0.5, 1.0, 0.0, 0.0]]),
+                  reward=torch.tensor([1.0]), head_weight=torch.ones(1, 4))
+    kwargs.update(change)
+    beta = kwargs.pop("beta", 1e-3)
+    with pytest.raises(PriorlabError, match=name):
+        beer_regulariser(**kwargs, beta=beta)

@@ -156,3 +156,13 @@ def test_card_and_repro_arms_differ():
     assert cg.metrics["converged"] == 1.0 and amg.metrics["iterations"] < cg.metrics["iterations"]
     with pytest.raises(PriorlabError):
         p043_dcdm.run("dcmd", cfg, 0)
+
+
+@pytest.mark.parametrize("q, b, name", [
+    (torch.zeros(0, 1, 4, 4), torch.zeros(0, 1, 4, 4), "q"),  # empty batch: mean of nothing (fuzz)
+    (torch.full((1, 1, 4, 4), float("nan")), torch.ones(1, 1, 4, 4), "q"),
+    (torch.ones(1, 1, 4, 4), torch.full((1, 1, 4, 4), float("inf")), "b"),
+])
+def test_dcdm_loss_rejects_empty_and_non_finite_input(q, b, name):
+    with pytest.raises(PriorlabError, match=rf"\b{name}\b"):
+        dcdm_loss(q, b)

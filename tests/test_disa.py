@@ -180,3 +180,29 @@ def test_reproduction_disa_arm_differs_from_promptsrc_smoke():
     assert disa.curves["train_loss"]["y"] != src.curves["train_loss"]["y"]
     with pytest.raises(PriorlabError):
         p046_disa.run("disaa", cfg, 0)
+
+
+def test_disa_functions_reject_non_finite_values_and_mixed_dtypes():
+    # fuzz findings: a NaN fill or NaN images gave NaN pixels; scale=None crashed in float();
+    # float16 features beside float32 ones crashed in a matmul; errors about the masked image
+    # features named cross_interactive_loss's argument instead of disa_loss's
+    images, keep = torch.rand(1, 3, 4, 4), torch.tensor([[True, False, True, True]])
+    with pytest.raises(PriorlabError, match="fill"):
+        mask_patches(images, keep, 2, fill=float("nan"))
+    with pytest.raises(PriorlabError, match="images"):
+        mask_patches(images * float("nan"), keep, 2)
+    image, text = torch.randn(2, 4), torch.randn(3, 4)
+    with pytest.raises(PriorlabError, match="scale"):
+        cross_interactive_loss(image, text, image, text, scale=None)
+    with pytest.raises(PriorlabError, match="one dtype"):
+        cross_interactive_loss(image.half(), text, image, text, scale=10.0)
+    with pytest.raises(PriorlabError, match="one dtype"):
+        directional_loss(image, torch.tensor([0, 1]), text.double())
+    with pytest.raises(PriorlabError, match="text_features"):
+        patch_saliency(torch.randn(2, 5, 4), text.half(), torch.tensor([0, 1]))
+    logits, labels = torch.randn(2, 3), torch.tensor([0, 2])
+    args = (logits, labels, text, text.clone(), image, image.clone(), logits.clone())
+    with pytest.raises(PriorlabError, match="masked_image_features"):
+        disa_loss(*args, image[:1], F.normalize(text, dim=-1), 10.0)
+    with pytest.raises(PriorlabError, match="masked_image_features"):
+        disa_loss(*args, image.half(), F.normalize(text, dim=-1), 10.0)

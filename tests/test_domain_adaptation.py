@@ -135,3 +135,17 @@ def test_continued_pretraining_trains_the_masked_lm_and_the_prompt_reads_the_top
     logits = model(texts[:4])
     full = model.mlm.cls(model.features(texts[:4]))
     assert logits.shape == (4, 3) and torch.equal(logits, full[:, [7, 9, 11]])
+
+
+def test_dann_loss_rejects_non_finite_features_and_mixed_dtypes():
+    # fuzz findings: NaN features gave a NaN loss; float64 features with a float32
+    # discriminator crashed in the matmul without naming the argument
+    disc, source, target = nn.Linear(4, 1), torch.randn(3, 4), torch.randn(2, 4)
+    bad = source.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(PriorlabError, match="source_features"):
+        dann_loss(bad, target, disc, 1.0)
+    with pytest.raises(PriorlabError, match="one dtype"):
+        dann_loss(source, target.double(), disc, 1.0)
+    with pytest.raises(PriorlabError, match="one dtype"):
+        dann_loss(source.double(), target.double(), disc, 1.0)

@@ -208,3 +208,27 @@ def test_reproduction_arms_differ_and_seeds_pick_different_calibration_blocks():
     assert torch.equal(a[:, 1:] - a[:, :-1], torch.ones(3, 9, dtype=torch.long))  # contiguous blocks
     with pytest.raises(PriorlabError, match="did you mean"):
         repro.run("wanda_dsnot70", cfg, 0)
+
+
+def test_dsnot_rejects_an_empty_layer_and_non_finite_calibration():
+    # fuzz findings: an empty weight gave DSnoT.error = (nan, nan); NaN calibration inputs gave a
+    # mask computed from NaN errors
+    stats = InputStats(4)
+    stats.update(torch.randn(5, 4))
+    with pytest.raises(PriorlabError, match="weight is empty"):
+        DSnoT()("q_proj", torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.bool), stats)
+    bad = InputStats(4)
+    bad.update(torch.tensor([[float("nan"), 0.0, 1.0, 2.0]] * 3))
+    weight = torch.randn(2, 4)
+    with pytest.raises(PriorlabError, match="stats.seq_sum"):
+        dsnot_mask(weight, magnitude_mask(weight, 0.5), bad)
+
+
+def test_dsnot_rejects_contributions_that_overflow():
+    # fuzz finding: a weight near float32's maximum overflowed the reconstruction error, which
+    # made DSnoT.error NaN and the swaps arbitrary
+    stats = InputStats(4)
+    stats.update(torch.full((3, 4), 2.0))
+    weight = torch.tensor([[3e38, 0.1, 0.2, 0.3]])
+    with pytest.raises(PriorlabError, match="overflows"):
+        dsnot_mask(weight, magnitude_mask(weight, 0.5), stats)

@@ -173,3 +173,26 @@ def test_reproduction_arms_differ_and_memory_is_accounted():
     assert generative.info["memory"]["generator_parameters"] > 0
     full = repro.CLAIM.tiers["full"]  # the coreset gets at least the generator's memory
     assert full["per_class"] * 10 * 64 >= 11216
+
+
+def test_kernel_ridge_logits_rejects_bad_coefficients_dtypes_and_overflow():
+    # fuzz findings: a NaN scale or shift gave NaN logits, a two-element or string ridge / a
+    # float16 query / int32 labels crashed inside torch, and support features near 1e30
+    # overflowed the kernel into NaN logits
+    support, labels, query = torch.randn(3, 4), torch.tensor([0, 1, 1]), torch.randn(2, 4)
+    for name, bad in (("scale", float("nan")), ("shift", float("inf")), ("ridge", "0.1"),
+                      ("ridge", torch.tensor([0.1, 0.1])), ("scale", None)):
+        with pytest.raises(PriorlabError, match=name):
+            kernel_ridge_logits(support, labels, query, 2, **{name: bad})
+    with pytest.raises(PriorlabError, match="query"):
+        kernel_ridge_logits(support, labels, query.half(), 2)
+    with pytest.raises(PriorlabError, match="query"):
+        kernel_ridge_logits(support, labels, query[:, :3], 2)
+    with pytest.raises(PriorlabError, match="support_labels"):
+        kernel_ridge_logits(support, labels.int(), query, 2)
+    with pytest.raises(PriorlabError, match="overflows"):
+        kernel_ridge_logits(support * 1e30, labels, query, 2)
+    # a learnable one-element ridge still works, with its gradient
+    ridge = torch.tensor(0.1, requires_grad=True)
+    kernel_ridge_logits(support, labels, query, 2, ridge=ridge).sum().backward()
+    assert ridge.grad is not None

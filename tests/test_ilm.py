@@ -158,3 +158,28 @@ def test_card_and_arms_differ():
     sizes = {arm: sum(p.numel() for p in m.parameters()) for arm, m in models.items()}
     assert sizes["autoregressive"] == sizes["masked_diffusion"]
     assert sizes["insertion"] - sizes["autoregressive"] == cfg["dim"] + 1  # the stop head only
+
+
+def test_insertion_loss_rejects_bad_logits_and_targets():
+    # fuzz findings: NaN insertion logits gave a NaN loss; an empty batch, a mis-shaped
+    # stop_logits or a list n_dropped crashed inside torch without naming the argument
+    tokens, targets = drop_tokens(torch.tensor([[1, 2]]), torch.tensor([[3, 1, 2]]), pad_id=0,
+                                  vocab_size=4, generator=torch.Generator().manual_seed(0))
+    insert_logits, stop_logits = torch.randn(1, 5, 4), torch.randn(1)
+    assert torch.isfinite(insertion_loss((insert_logits, stop_logits), targets))
+    nan_logits = insert_logits.clone()
+    nan_logits[0, 2, 1] = float("nan")
+    with pytest.raises(PriorlabError, match="insert_logits"):
+        insertion_loss((nan_logits, stop_logits), targets)
+    with pytest.raises(PriorlabError, match="insert_logits is empty"):
+        insertion_loss((insert_logits[:0], stop_logits[:0]), InsertionTargets(
+            targets.counts[:0], targets.n_dropped[:0], targets.gap_mask[:0]))
+    with pytest.raises(PriorlabError, match="stop_logits"):
+        insertion_loss((insert_logits, stop_logits[:, None]), targets)
+    with pytest.raises(PriorlabError, match="n_dropped"):
+        insertion_loss((insert_logits, stop_logits), targets._replace(n_dropped=[1]))
+    negative = torch.zeros(1, 5, 4)
+    negative[0, 2, 1] = -1.0
+    with pytest.raises(PriorlabError, match=">= 0"):
+        insertion_loss((insert_logits, stop_logits), targets._replace(
+            counts=negative, n_dropped=torch.tensor([-1])))

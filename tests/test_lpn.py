@@ -157,3 +157,13 @@ def test_arms_share_data_and_differ_only_in_the_loss():
                                torch.tensor(outputs["l1"].curves["prox"]["y"]))
     assert outputs["l2"].curves["prox"]["y"] != outputs["l1"].curves["prox"]["y"]
     assert all(math.isfinite(v) for out in outputs.values() for v in out.metrics.values())
+
+
+def test_proximal_matching_rejects_non_finite_input_and_a_non_bool_flag():
+    x = torch.zeros(2, 3)
+    with pytest.raises(PriorlabError, match="prediction"):
+        proximal_matching_loss(torch.full((2, 3), float("nan")), x, 0.5)
+    with pytest.raises(PriorlabError, match="target"):
+        proximal_matching_loss(x, torch.full((2, 3), float("inf")), 0.5)
+    with pytest.raises(PriorlabError, match="mean_over_dims"):
+        proximal_matching_loss(x, x, 0.5, mean_over_dims=torch.tensor([0.5, 0.5]))

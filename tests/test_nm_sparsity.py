@@ -196,3 +196,19 @@ def test_applying_twice_is_an_error():
     apply_nm_sparsity(model, 1, 16, exclude=("4",))
     with pytest.raises(PriorlabError, match="already N:M sparse"):
         apply_nm_sparsity(model, 1, 16, exclude=("4",))
+
+
+def test_srste_rejects_a_bad_weight_or_mask():
+    # fuzz findings: a list weight crashed with AttributeError; a NaN or non-binary mask (or a
+    # NaN weight) returned NaN / a silently scaled weight
+    weight, mask = torch.randn(2, 4), torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 2)
+    with pytest.raises(PriorlabError, match="weight"):
+        srste(weight.tolist(), mask)
+    with pytest.raises(PriorlabError, match="weight"):
+        srste(torch.where(mask.bool(), float("nan"), weight), mask)
+    with pytest.raises(PriorlabError, match="mask"):
+        srste(weight, torch.where(mask.bool(), float("nan"), mask))
+    with pytest.raises(PriorlabError, match="mask must be binary"):
+        srste(weight, mask * 0.5)
+    with pytest.raises(PriorlabError, match="mask"):
+        srste(weight, mask.to(torch.complex64))

@@ -147,3 +147,12 @@ def test_card_and_claim_are_wired():
     assert {c.baseline for c in claim.comparisons} == {"linear", "pca"}
     with pytest.raises(PriorlabError, match="did you mean"):
         p059_pde_traversal.run("potential_flows", claim.tiers["smoke"], 0)
+
+
+def test_wrong_dtype_and_non_finite_time_raise_a_clear_error():
+    torch.manual_seed(0)
+    flow = PotentialFlow(3, 2, num_steps=3)
+    with pytest.raises(PriorlabError, match=r"\bz\b"):  # half latents into float32 potentials (fuzz)
+        flow.traverse(torch.randn(2, 3).half(), 0, 2)
+    with pytest.raises(PriorlabError, match=r"\bt\b"):
+        flow.wave_residual(torch.randn(2, 3), math.nan, 0)

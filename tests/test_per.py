@@ -185,3 +185,13 @@ def test_reproduction_smoke_all_arms():
     assert outs["per_auto"].metrics["test_mse"] != outs["exact_o3"].metrics["test_mse"]
     with pytest.raises(PriorlabError):
         p066_per.run("per", dict(cfg), 0)
+
+
+def test_per_penalties_reject_bad_groups_and_non_finite_weights():
+    model = _model()
+    with pytest.raises(PriorlabError, match="groups"):
+        per_penalties(model, 1.5)
+    with torch.no_grad():
+        next(m for m in model.modules() if isinstance(m, SoftEquivariantLinear)).weight[0, 0] = math.nan
+    with pytest.raises(PriorlabError, match="weight"):
+        per_penalties(model, ("o3",))

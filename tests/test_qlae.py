@@ -111,3 +111,11 @@ def test_arms_differ_and_optimizer_decays_weights_only():
                                    cfg).param_groups[0]["weight_decay"] == 0.0
     with pytest.raises(PriorlabError, match="did you mean"):
         p029_qlae.run("qlea", cfg, 0)
+
+
+def test_empty_batch_and_overflow_raise_instead_of_nan_losses():
+    layer = QuantizedLatent(2)
+    with pytest.raises(PriorlabError, match=r"\bz\b"):
+        layer(torch.zeros(0, 2))
+    with pytest.raises(PriorlabError, match="overflows"):
+        layer(torch.tensor([[1e30, 0.0]]))

@@ -160,3 +160,16 @@ def test_method_arm_differs_from_the_autoencoder_arm():
     baseline = p044_rep4ex.run("ae", cfg, 0).metrics
     assert set(method) == {"extrap_mse", "interp_mse", "affine_r2"}
     assert method["extrap_mse"] != baseline["extrap_mse"]
+
+
+@pytest.mark.parametrize("change, name", [
+    (dict(latent=torch.randn(8, 2).half()), "latent"),  # lstsq needs float32/64 (fuzz)
+    (dict(action=torch.randn(8, 1).double()), "action"),  # one dtype for both
+    (dict(standardize=torch.tensor([0.5, 0.5])), "standardize"),
+    (dict(bandwidth=1e-45), "bandwidth"),  # squares to zero
+])
+def test_linear_invariance_penalty_bad_input_raises(change, name):
+    kwargs = dict(latent=torch.randn(8, 2), action=torch.randn(8, 1), bandwidth=1.0)
+    kwargs.update(change)
+    with pytest.raises(PriorlabError, match=name):
+        linear_invariance_penalty(**kwargs)

@@ -95,3 +95,21 @@ def test_bad_arguments():
         latent_perturbation(latents * float("nan"), codebook)
     with pytest.raises(PriorlabError, match="token ids"):
         perturb_tokens(torch.tensor([0, 10]), codebook, rate=0.5, delta=2)
+
+
+def test_perturbations_reject_a_non_finite_or_half_codebook():
+    # fuzz findings: a NaN code reached the quantised latents; a float16 codebook crashed in
+    # torch.cdist without naming the argument
+    latents, codebook = torch.randn(2, 3, 2, 2), torch.randn(6, 3)
+    bad = codebook.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(PriorlabError, match="codebook"):
+        latent_perturbation(latents, bad, delta=3)
+    with pytest.raises(PriorlabError, match="codebook"):
+        latent_perturbation(latents, codebook.double(), delta=3)
+    with pytest.raises(PriorlabError, match="latents"):
+        latent_perturbation(latents.half(), codebook.half(), delta=3)
+    with pytest.raises(PriorlabError, match="codebook"):
+        perturb_tokens(torch.tensor([0, 1]), codebook.half(), rate=0.5, delta=3)
+    with pytest.raises(PriorlabError, match="codebook"):
+        perturb_tokens(torch.tensor([0, 1]), bad, rate=0.5, delta=3)

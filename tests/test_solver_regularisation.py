@@ -9,7 +9,7 @@ from priorlab.errors import PriorlabError
 from priorlab.functional.solver_regularisation import (
     annealed_strength, global_solver_penalty, local_solver_penalty, regularised_loss, stats_penalty,
 )
-from priorlab.nn.neural_ode import NeuralODE, TimeMLP, solve
+from priorlab.nn.neural_ode import NeuralODE, TimeMLP, local_step, solve
 
 
 def test_global_penalty_known_value():
@@ -76,4 +76,19 @@ def test_annealed_strength_runs_from_start_to_end():
 ])
 def test_bad_input_raises(bad):
     with pytest.raises(PriorlabError):
+        bad()
+
+
+@pytest.mark.parametrize("bad, name", [
+    (lambda: global_solver_penalty(1.5, [0.1]), "estimates"),  # not a list (fuzz)
+    (lambda: global_solver_penalty([torch.ones(1), torch.tensor(2.0)], "0.5"), "dts"),
+    (lambda: global_solver_penalty([torch.ones(2)], [0.1, 0.2]), "estimates"),
+    (lambda: regularised_loss(torch.tensor(math.nan), torch.tensor(1.0), 0.1), "task_loss"),
+    (lambda: regularised_loss(torch.tensor(1.0), None, 0.1), "penalty"),
+    (lambda: local_step(TimeMLP(3, 4), math.nan, torch.ones(1, 3)), r"\bt\b"),
+    (lambda: local_step(TimeMLP(3, 4), 0.5, torch.ones(1, 3).half()), r"\by\b"),
+    (lambda: local_step(TimeMLP(3, 4), 0.5, torch.ones(1, 1, 3)), r"\by\b"),
+])
+def test_bad_input_names_the_argument(bad, name):
+    with pytest.raises(PriorlabError, match=name):
         bad()

@@ -170,3 +170,15 @@ def test_bad_input_errors():
         sample_patches("tset", 5)
     with pytest.raises(UsageError, match="did you mean 'l_half'"):
         p049_sparse_coding.run("l_halff", p049_sparse_coding.CLAIM.tiers["smoke"], 0)
+
+
+def test_non_finite_and_degenerate_inputs_raise_a_clear_error():
+    with pytest.raises(PriorlabError, match=r"\bu\b"):
+        threshold(torch.tensor([[math.inf, 0.0]]), "l_half", 0.1)
+    with pytest.raises(PriorlabError, match="column_norms"):  # one norm per atom (fuzz)
+        threshold(torch.zeros(0), "cel0", 0.1, 0.5, torch.ones(2))
+    x, d = torch.randn(2, 4), normalise_columns(torch.randn(4, 3))
+    with pytest.raises(PriorlabError, match="dictionary"):  # step 1/||D||^2 overflows
+        sparse_code(x, d * 1e-30, steps=5)
+    with pytest.raises(PriorlabError, match=r"\bx\b"):
+        sparse_code(x.half(), d.half(), steps=5)

@@ -170,3 +170,19 @@ def test_movielens_split_is_disjoint_chronological_and_popularity_from_train():
     assert all(int(t.max()) < v for t, v in zip(data.items.tokens, data.items.vocab_sizes))
     with pytest.raises(PriorlabError):
         data.head_items(1.5)
+
+
+def test_bad_tower_tokens_and_arguments_raise_a_clear_error():
+    tower = FeatureTower([13, 4, 6], embed_dim=4, hidden=8, out_dim=4)
+    items = _items()
+    masks = random_feature_masking(3, 12)
+    bad = [items[0].clone()] + items[1:]
+    bad[0][0, 0] = -1  # outside the vocabulary: embedding_bag's message named no argument (fuzz)
+    with pytest.raises(PriorlabError, match="features"):
+        item_ssl_loss(tower, bad, masks)
+    with pytest.raises(PriorlabError, match="item_tower"):
+        item_ssl_loss(1.5, items, masks)
+    with pytest.raises(PriorlabError, match="features"):
+        item_ssl_loss(tower, [items[0][:, 0]] + items[1:], masks)
+    with pytest.raises(PriorlabError, match="mutual_information"):
+        correlated_feature_masking(None, 4)

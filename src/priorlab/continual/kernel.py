@@ -47,6 +47,18 @@ def kernel_matrix(a: torch.Tensor, b: torch.Tensor, kind: str = "linear", *,
     return torch.exp(-torch.cdist(a, b).pow(2) / (2 * length_scale ** 2))
 
 
+def _check_coefficient(value, name: str, who: str) -> None:
+    """A finite real number, or a one-element float tensor (a learnable parameter)."""
+    if isinstance(value, torch.Tensor):
+        check_tensor(value, name, who=who, dtype="float", finite=True,
+                     hint="a number or a one-element (learnable) tensor")
+        if value.numel() != 1:
+            raise PriorlabError(f"{who}: {name} must be a number or a one-element tensor, got "
+                                f"shape {tuple(value.shape)}")
+    else:
+        check_number(value, name, who=who)
+
+
 def kernel_ridge_logits(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                         n_classes: int, *, ridge: torch.Tensor | float = 0.1,
                         scale: torch.Tensor | float = 1.0, shift: torch.Tensor | float = 0.0,
@@ -60,22 +72,27 @@ def kernel_ridge_logits(support: torch.Tensor, support_labels: torch.Tensor, que
     who = "kernel_ridge_logits"
     n_classes = check_number(n_classes, "n_classes", who=who, low=1, integer=True)
     support = check_tensor(support, "support", who=who, ndim=2, dtype="float", finite=True)
-    query = check_tensor(query, "query", who=who, ndim=2, dtype="float", finite=True)
+    query = check_tensor(query, "query", who=who, shape=(None, support.shape[1]), dtype=support.dtype,
+                         finite=True, hint="query features like the support's: same width and dtype")
     check_tensor(support_labels, "support_labels", who=who, shape=(len(support),),
-                 dtype="integer", hint="one local class index per support sample")
+                 dtype=torch.int64, hint="one local class index (int64) per support sample")
     if len(support) == 0:
         raise PriorlabError(f"{who}: the support set is empty")
     if int(support_labels.min()) < 0 or int(support_labels.max()) >= n_classes:
         raise PriorlabError(f"{who}: support_labels must lie in 0..{n_classes - 1}, got "
                             f"{int(support_labels.min())}..{int(support_labels.max())}")
+    for name, value in (("ridge", ridge), ("scale", scale), ("shift", shift)):
+        _check_coefficient(value, name, who)
     ridge = torch.as_tensor(ridge, dtype=support.dtype)
-    if not bool(torch.isfinite(ridge).all()):
-        raise PriorlabError(f"{who}: ridge must be finite, got {ridge}")
     gram = kernel_matrix(support, support, kind, length_scale=length_scale)
     eye = torch.eye(len(support), dtype=support.dtype, device=support.device)
     targets = F.one_hot(support_labels, n_classes).to(support.dtype)
-    alpha = torch.linalg.solve(gram + (ridge.abs() + RIDGE_FLOOR) * eye, targets)
     cross = kernel_matrix(support, query, kind, length_scale=length_scale)
+    if not (bool(torch.isfinite(gram).all()) and bool(torch.isfinite(cross).all())):
+        # the solve would turn the overflow into NaN logits
+        raise PriorlabError(f"{who}: the kernel of support and query overflows {support.dtype}; "
+                            "normalise the features (their dot products must stay finite)")
+    alpha = torch.linalg.solve(gram + (ridge.abs() + RIDGE_FLOOR) * eye, targets)
     return scale * cross.T @ alpha + shift
 
 

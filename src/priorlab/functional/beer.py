@@ -92,8 +92,14 @@ def bellman_cosine_bound(phi: torch.Tensor, phi_next: torch.Tensor, reward: torc
         denominator = 2 * discount * norm * phi_next.norm(dim=1)
         # an all-zero (dead ReLU) feature has no direction and its cosine is 0; the official
         # code divides by zero there (nan/inf), here such a pair is left unconstrained (B = inf)
-        return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-30),
-                           torch.full_like(numerator, float("inf")))
+        bound = torch.where(denominator > 0, numerator / denominator.clamp_min(1e-30),
+                            torch.full_like(numerator, float("inf")))
+    # +inf marks an unconstrained pair; NaN (inf / inf, inf - inf) or -inf (r^2 / ||w||^2) only
+    # comes from an overflow
+    if not bool((bound > float("-inf")).all()):
+        raise PriorlabError(f"{_WHO}: the bound overflows {bound.dtype}: phi, phi_next or reward "
+                            "too large to square, or head_weight too small; rescale them")
+    return bound
 
 
 def beer_regulariser(phi: torch.Tensor, phi_next: torch.Tensor, reward: torch.Tensor,
@@ -108,4 +114,8 @@ def beer_regulariser(phi: torch.Tensor, phi_next: torch.Tensor, reward: torch.Te
     bound = bellman_cosine_bound(phi, phi_next, reward, head_weight, discount=discount,
                                  phi_next_online=phi_next_online)
     cosine = F.cosine_similarity(phi, phi_next.detach(), dim=1, eps=COSINE_EPS)
-    return beta * F.relu(cosine - bound).mean()
+    loss = beta * F.relu(cosine - bound).mean()
+    if not torch.isfinite(loss):
+        raise PriorlabError(f"{_WHO}: the regulariser overflows {loss.dtype} (beta {beta:g}, bound "
+                            f"down to {float(bound.min()):.3g}); lower beta or rescale reward")
+    return loss

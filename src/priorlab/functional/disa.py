@@ -39,6 +39,14 @@ DIRECTION_WEIGHT = 1.0  # lambda; the paper's value is not in the sources reacha
 MASK_RATIO = 0.25  # share of patches blanked; likewise chosen here (see the card)
 
 
+def _check_same_dtype(who: str, **tensors: torch.Tensor) -> None:
+    """The features meet in matrix products, which need one dtype."""
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) > 1:
+        listing = ", ".join(f"{name} {str(d).removeprefix('torch.')}" for name, d in dtypes.items())
+        raise PriorlabError(f"{who}: the features must share one dtype, got {listing}")
+
+
 def _check_labels(labels: torch.Tensor, n: int, k: int, who: str) -> None:
     check_tensor(labels, "labels", who=who, shape=(n,), dtype="integer")
     if len(labels) and (labels.min() < 0 or labels.max() >= k):
@@ -53,7 +61,7 @@ def patch_saliency(patch_features: torch.Tensor, text_features: torch.Tensor,
     check_tensor(patch_features, "patch_features", who=who, ndim=3, dtype="float", finite=True,
                  non_empty=True)
     check_tensor(text_features, "text_features", who=who, shape=(None, patch_features.shape[2]),
-                 dtype="float", finite=True, non_empty=True)
+                 dtype=patch_features.dtype, finite=True, non_empty=True)
     _check_labels(labels, patch_features.shape[0], text_features.shape[0], who)
     target = F.normalize(text_features[labels], dim=-1)
     return torch.einsum("bnd,bd->bn", F.normalize(patch_features, dim=-1), target)
@@ -81,8 +89,9 @@ def mask_patches(images: torch.Tensor, keep: torch.Tensor, patch_size: int,
     """``images`` (B, C, H, W) with the patches where ``keep`` (B, N) is False set to ``fill``.
     Patches are ``patch_size`` squares in row-major order, as ViTs (and CLIP) cut them."""
     who = "mask_patches"
-    check_tensor(images, "images", who=who, ndim=4, dtype="float", non_empty=True)
+    check_tensor(images, "images", who=who, ndim=4, dtype="float", finite=True, non_empty=True)
     patch_size = check_number(patch_size, "patch_size", who=who, low=1, integer=True)
+    fill = check_number(fill, "fill", who=who)
     b, _, h, w = images.shape
     if h % patch_size or w % patch_size:
         raise PriorlabError(f"{who}: image size {h}x{w} is not a multiple of patch_size {patch_size}")
@@ -110,7 +119,9 @@ def cross_interactive_loss(prompted_image: torch.Tensor, frozen_text: torch.Tens
                  non_empty=True)
     check_tensor(prompted_text, "prompted_text", who=who, shape=tuple(frozen_text.shape), dtype="float",
                  finite=True)
-    scale = check_number(float(scale), "scale", who=who, low=0.0, low_open=True)
+    _check_same_dtype(who, prompted_image=prompted_image, frozen_text=frozen_text,
+                      frozen_image=frozen_image, prompted_text=prompted_text)
+    scale = check_number(scale, "scale", who=who, low=0.0, low_open=True)
     p_logits = scale * F.normalize(prompted_image, dim=-1) @ F.normalize(frozen_text.detach(), dim=-1).T
     q_logits = scale * F.normalize(frozen_image.detach(), dim=-1) @ F.normalize(prompted_text, dim=-1).T
     return F.kl_div(q_logits.log_softmax(-1), p_logits.log_softmax(-1), reduction="sum",
@@ -142,6 +153,7 @@ def directional_loss(image_features: torch.Tensor, labels: torch.Tensor,
     check_tensor(prototypes, "prototypes", who=who, shape=(None, image_features.shape[1]), dtype="float",
                  finite=True, non_empty=True)
     _check_labels(labels, image_features.shape[0], prototypes.shape[0], who)
+    _check_same_dtype(who, image_features=image_features, prototypes=prototypes)
     return (1 - F.cosine_similarity(image_features, prototypes.detach()[labels], dim=-1)).mean()
 
 
@@ -166,6 +178,12 @@ def disa_loss(logits: torch.Tensor, labels: torch.Tensor, text_features: torch.T
                           frozen_image_features, zero_shot_logits, text_weight=text_weight,
                           image_weight=image_weight, logits_weight=logits_weight)
     if cross_weight:
+        # checked here too, so that an error names disa_loss's arguments
+        check_tensor(masked_image_features, "masked_image_features", who=who,
+                     shape=tuple(image_features.shape), dtype="float", finite=True)
+        _check_same_dtype(who, masked_image_features=masked_image_features,
+                          frozen_text_features=frozen_text_features,
+                          frozen_image_features=frozen_image_features, text_features=text_features)
         loss = loss + cross_weight * cross_interactive_loss(masked_image_features, frozen_text_features,
                                                             frozen_image_features, text_features, scale)
     if direction_weight:

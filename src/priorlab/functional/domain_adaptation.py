@@ -138,13 +138,20 @@ def dann_loss(source_features: torch.Tensor, target_features: torch.Tensor,
     tell the domains apart, the encoder (behind the reversal, weighted by ``scale``) to prevent it.
     """
     who = "dann_loss"
-    check_tensor(source_features, "source_features", who=who, ndim=2, dtype="float", non_empty=True)
-    check_tensor(target_features, "target_features", who=who, ndim=2, dtype="float", non_empty=True)
+    check_tensor(source_features, "source_features", who=who, ndim=2, dtype="float", finite=True,
+                 non_empty=True)
+    check_tensor(target_features, "target_features", who=who, ndim=2, dtype="float", finite=True,
+                 non_empty=True)
     if source_features.shape[1] != target_features.shape[1]:
         raise PriorlabError(f"{who}: source and target features must have the same width, got "
                             f"{source_features.shape[1]} and {target_features.shape[1]}")
     if not isinstance(discriminator, nn.Module):
         raise PriorlabError(f"{who}: discriminator must be an nn.Module, got {type(discriminator).__name__}")
+    weight = next(discriminator.parameters(), source_features)
+    if not source_features.dtype == target_features.dtype == weight.dtype:
+        raise PriorlabError(f"{who}: source_features, target_features and the discriminator must "
+                            f"share one dtype, got {source_features.dtype}, {target_features.dtype} "
+                            f"and {weight.dtype}")
     features = torch.cat([source_features, target_features])
     logits = discriminator(reverse_gradient(features, scale))
     if logits.ndim == 2 and logits.shape[1] == 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from priorlab.errors import PriorlabError
 from priorlab.validation import check_number, check_tensor
 
 
@@ -23,10 +24,15 @@ def proximal_matching_loss(prediction: torch.Tensor, target: torch.Tensor, gamma
     is a per-pixel scale).
     """
     who = "proximal_matching_loss"
-    check_tensor(prediction, "prediction", who=who, min_ndim=1, dtype="float", non_empty=True)
-    check_tensor(target, "target", who=who, shape=tuple(prediction.shape), dtype="float")
+    check_tensor(prediction, "prediction", who=who, min_ndim=1, dtype="float", non_empty=True,
+                 finite=True)
+    check_tensor(target, "target", who=who, shape=tuple(prediction.shape), dtype="float",
+                 finite=True)
     gamma = check_number(gamma, "gamma", who=who, low=0, low_open=True,
                          hint="gamma is the width of the loss, e.g. 0.5 annealed to 0.1")
+    if not isinstance(mean_over_dims, bool):
+        raise PriorlabError(f"{who}: mean_over_dims must be True or False, got "
+                            f"{type(mean_over_dims).__name__}")
     squared = (prediction - target).pow(2).reshape(prediction.shape[0], -1)
     distance2 = squared.mean(1) if mean_over_dims else squared.sum(1)
     return (1 - torch.exp(-distance2 / gamma ** 2)).mean()

@@ -38,9 +38,12 @@ from priorlab.validation import check_number, check_tensor
 
 
 def _check_pair(latent: torch.Tensor, action: torch.Tensor, who: str) -> None:
-    check_tensor(latent, "latent", who=who, ndim=2, dtype="float", finite=True, non_empty=True)
-    check_tensor(action, "action", who=who, shape=(latent.shape[0], None), dtype="float",
-                 finite=True, hint="pass one action row per latent row, shape (n, k)")
+    # torch.linalg.lstsq needs float32 or float64, one dtype for both
+    check_tensor(latent, "latent", who=who, ndim=2, dtype=(torch.float32, torch.float64),
+                 finite=True, non_empty=True)
+    check_tensor(action, "action", who=who, shape=(latent.shape[0], None), dtype=latent.dtype,
+                 finite=True, non_empty=True,
+                 hint="pass one action row per latent row, shape (n, k), in latent's dtype")
     if latent.shape[0] <= action.shape[1] + 1:
         raise PriorlabError(f"{who}: need more rows than action dimensions + 1 for the OLS fit, "
                             f"got n={latent.shape[0]} with k={action.shape[1]}")
@@ -83,15 +86,26 @@ def linear_invariance_penalty(latent: torch.Tensor, action: torch.Tensor, *,
     Returns a non-negative scalar.
     """
     _check_pair(latent, action, "linear_invariance_penalty")
+    if not isinstance(standardize, bool):
+        raise PriorlabError(f"linear_invariance_penalty: standardize must be True or False, got "
+                            f"{type(standardize).__name__}")
     if bandwidth is None:
         bandwidth = median_bandwidth(action)
     bandwidth = check_number(bandwidth, "bandwidth", who="linear_invariance_penalty", low=0,
                              low_open=True)
+    if not torch.finfo(action.dtype).tiny <= 2 * bandwidth ** 2 <= torch.finfo(action.dtype).max:
+        raise PriorlabError(f"linear_invariance_penalty: bandwidth {bandwidth:g} squared under- or "
+                            "overflows; rescale the actions")
     if standardize:
         latent = latent / latent.std(dim=0, keepdim=True).clamp_min(1e-8)
     _, _, residual = linear_fit(latent, action)
     kernel = torch.exp(-torch.cdist(action, action).square() / (2 * bandwidth ** 2))
-    return (kernel * (residual @ residual.T)).sum() / latent.shape[0] ** 2
+    penalty = (kernel * (residual @ residual.T)).sum() / latent.shape[0] ** 2
+    if not torch.isfinite(penalty):
+        raise PriorlabError(f"linear_invariance_penalty: the penalty overflows {penalty.dtype} "
+                            f"(latent up to {latent.abs().max().item():.3g}, action up to "
+                            f"{action.abs().max().item():.3g}); rescale them")
+    return penalty
 
 
 def interventional_mean(outcome_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

@@ -16,25 +16,35 @@ Inputs are lists/tensors of per-step estimates and step sizes (see
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
+
 import torch
 
 from priorlab.errors import PriorlabError, did_you_mean
-from priorlab.validation import check_number
+from priorlab.validation import check_number, check_tensor, describe
 
 HEURISTICS = ("error", "stiffness")
 
 
-def _as_vector(values, name: str, who: str) -> torch.Tensor:
+def _as_vector(values, name: str, who: str, dtype=("float",)) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
         vector = values.reshape(-1)
     else:
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise PriorlabError(f"{who}: {name} must be a tensor or a list of per-step values, "
+                                f"got {describe(values)}")
         values = list(values)
+        if not all(isinstance(v, numbers.Real) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+                   for v in values):
+            raise PriorlabError(f"{who}: {name} must hold one number or one-element tensor per step")
         if not values:
             raise PriorlabError(f"{who}: {name} is empty (a solve takes at least one step)")
-        vector = torch.stack([v if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+        vector = torch.stack([v.reshape(()) if isinstance(v, torch.Tensor) else torch.tensor(float(v))
                               for v in values]).reshape(-1)
     if vector.numel() == 0:
         raise PriorlabError(f"{who}: {name} is empty (a solve takes at least one step)")
+    check_tensor(vector, name, who=who, dtype=dtype)
     if not torch.isfinite(vector.detach()).all():
         raise PriorlabError(f"{who}: {name} holds NaN or infinite values")
     return vector
@@ -45,7 +55,7 @@ def global_solver_penalty(estimates, dts) -> torch.Tensor:
     ``mean(sv.saveval)`` with ``func = EEst * dt``)."""
     who = "global_solver_penalty"
     estimates = _as_vector(estimates, "estimates", who)
-    dts = _as_vector(dts, "dts", who).to(estimates)
+    dts = _as_vector(dts, "dts", who, dtype=("float", "integer")).to(estimates)
     if estimates.shape != dts.shape:
         raise PriorlabError(f"{who}: {estimates.numel()} estimates but {dts.numel()} step sizes; "
                             "pass one of each per accepted step")
@@ -76,7 +86,13 @@ def local_solver_penalty(estimate: torch.Tensor, dt: float) -> torch.Tensor:
 
 def regularised_loss(task_loss: torch.Tensor, penalty: torch.Tensor, strength: float) -> torch.Tensor:
     """``task_loss + strength * penalty``; strength 0 returns ``task_loss`` itself."""
-    strength = check_number(strength, "strength", who="regularised_loss", low=0.0)
+    who = "regularised_loss"
+    strength = check_number(strength, "strength", who=who, low=0.0)
+    check_tensor(task_loss, "task_loss", who=who, dtype="float", finite=True)
+    check_tensor(penalty, "penalty", who=who, dtype="float", finite=True)
+    if task_loss.numel() != 1 or penalty.numel() != 1:
+        raise PriorlabError(f"{who}: task_loss and penalty must be scalars, got shapes "
+                            f"{tuple(task_loss.shape)} and {tuple(penalty.shape)}")
     return task_loss if strength == 0.0 else task_loss + strength * penalty
 
 

@@ -80,13 +80,37 @@ def cel0_threshold(u: torch.Tensor, lam: float, step: float,
     return torch.sign(u) * torch.minimum(u.abs(), shrunk)
 
 
+def _check_column_norms(column_norms, u: torch.Tensor) -> None:
+    """One non-negative atom norm, or one per atom (the last dimension of ``u``)."""
+    who, hint = "threshold", "pass ||d_i|| per atom, shape (n_atoms,), or one number"
+    if isinstance(column_norms, torch.Tensor) and column_norms.numel() != 1:
+        check_tensor(column_norms, "column_norms", who=who, ndim=1, dtype="float", hint=hint)
+        if u.ndim == 0 or column_norms.shape[0] != u.shape[-1]:
+            raise PriorlabError(f"{who}: column_norms must have one entry per atom "
+                                f"({u.shape[-1] if u.ndim else 'u is a scalar'}), got "
+                                f"{tuple(column_norms.shape)}; {hint}")
+        norms = column_norms
+    else:
+        norms = torch.as_tensor(check_number(column_norms, "column_norms", who=who, hint=hint))
+    if not bool(torch.isfinite(norms).all()) or bool((norms < 0).any()):
+        raise PriorlabError(f"{who}: column_norms must be finite and non-negative; {hint}")
+
+
 def threshold(u: torch.Tensor, penalty: str, lam: float, step: float = 1.0,
               column_norms: torch.Tensor | float = 1.0) -> torch.Tensor:
     """The proximal operator of ``step * lam * phi`` for ``penalty`` in :data:`PENALTIES`."""
     _check_penalty(penalty)
-    check_tensor(u, "u", who="threshold", dtype="float")
+    check_tensor(u, "u", who="threshold", dtype="float", finite=True)
     lam = check_number(lam, "lam", who="threshold", low=0.0)
     step = check_number(step, "step", who="threshold", low=0.0, low_open=True)
+    if penalty == "cel0":
+        _check_column_norms(column_norms, u)
+    return _prox(u, penalty, lam, step, column_norms)
+
+
+def _prox(u: torch.Tensor, penalty: str, lam: float, step: float,
+          column_norms: torch.Tensor | float) -> torch.Tensor:
+    """:func:`threshold` without the argument checks (the solver's inner loop)."""
     if penalty == "cel0":
         return cel0_threshold(u, lam, step, column_norms)
     op = {"l1": soft_threshold, "l0": hard_threshold, "l_half": half_threshold}[penalty]
@@ -145,21 +169,28 @@ def sparse_code(x: torch.Tensor, dictionary: torch.Tensor, *, penalty: str = "l1
     if solver not in SOLVERS:
         raise did_you_mean(solver, SOLVERS, "solver")
     _check_dictionary(x, dictionary, "sparse_code")
+    # the step size needs the spectral norm, which torch computes in float32 or float64 only
+    check_tensor(x, "x", who="sparse_code", dtype=(torch.float32, torch.float64))
     lam = check_number(lam, "lam", who="sparse_code", low=0.0)
     steps = check_number(steps, "steps", who="sparse_code", low=1, integer=True)
     step_scale = check_number(step_scale, "step_scale", who="sparse_code", low=0.0, high=1.0,
                               low_open=True, high_open=True)
     d = dictionary.to(x.dtype)
     lipschitz = float(torch.linalg.matrix_norm(d, ord=2)) ** 2
-    tau = step_scale / lipschitz
-    norms = d.norm(dim=0)
     gram = d.T @ d
     drive = x @ d  # D^T x for every row
+    if not (torch.finfo(d.dtype).tiny <= lipschitz < math.inf and bool(torch.isfinite(gram).all())
+            and bool(torch.isfinite(drive).all())):
+        raise PriorlabError(f"sparse_code: the dictionary (largest singular value squared "
+                            f"{lipschitz:.3g}) or x @ dictionary under- or overflows {d.dtype}; "
+                            "pass unit-norm atoms (normalise_columns) and rescale x")
+    tau = step_scale / lipschitz
+    norms = d.norm(dim=0)
     codes = x.new_zeros(x.shape[0], d.shape[1])
     point, momentum = codes, 1.0
     for _ in range(steps):
         grad = point @ gram - drive
-        new = threshold(point - tau * grad, penalty, lam, tau, norms)
+        new = _prox(point - tau * grad, penalty, lam, tau, norms)
         if solver == "fista":
             next_momentum = (1.0 + math.sqrt(1.0 + 4.0 * momentum ** 2)) / 2.0
             point = new + ((momentum - 1.0) / next_momentum) * (new - codes)
@@ -167,6 +198,9 @@ def sparse_code(x: torch.Tensor, dictionary: torch.Tensor, *, penalty: str = "l1
         else:
             point = new
         codes = new
+    if not bool(torch.isfinite(codes).all()):
+        raise PriorlabError(f"sparse_code: the codes overflow {codes.dtype} (x up to "
+                            f"{x.abs().max().item():.3g}, lam {lam:g}); rescale x or the dictionary")
     return codes
 
 

@@ -86,7 +86,11 @@ def correlated_feature_masking(mutual_information: np.ndarray | torch.Tensor, ba
     (batch, n_features) masks, True = masked.
     """
     who = "correlated_feature_masking"
-    mi = torch.as_tensor(mutual_information, dtype=torch.float64)
+    try:
+        mi = torch.as_tensor(mutual_information, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise PriorlabError(f"{who}: mutual_information must be a (n_features, n_features) array, "
+                            f"got {describe(mutual_information)}") from error
     check_tensor(mi, "mutual_information", who=who, ndim=2, finite=True)
     n_features = mi.shape[0]
     if mi.shape != (n_features, n_features):
@@ -113,8 +117,12 @@ def apply_feature_mask(features: Sequence[torch.Tensor], mask: torch.Tensor, dro
     remaining token of a multi-valued feature (width > 1) is dropped with probability
     ``dropout`` (the paper's second augmentation stage). Inputs are not modified."""
     who = "apply_feature_mask"
+    if isinstance(features, torch.Tensor) or not isinstance(features, Sequence):
+        raise PriorlabError(f"{who}: features must be a list of token tensors, one per feature, got "
+                            f"{describe(features)}")
     if not features:
         raise PriorlabError(f"{who}: features is empty")
+    check_tensor(features[0], "features[0]", who=who, ndim=2, dtype="integer")
     mask = check_tensor(mask, "mask", who=who, shape=(features[0].shape[0], len(features)), dtype="bool",
                         hint="one row per example, one column per feature (True = masked)")
     dropout = check_number(dropout, "dropout", who=who, low=0, high=1, high_open=True)
@@ -139,6 +147,18 @@ def item_ssl_loss(item_tower: Callable[[list[torch.Tensor]], torch.Tensor],
     ``masks`` = (mask_a, mask_b) from :func:`random_feature_masking` or
     :func:`correlated_feature_masking`. Needs at least two items (one positive, >= 1 negative).
     """
+    who = "item_ssl_loss"
+    if not callable(item_tower):
+        raise PriorlabError(f"{who}: item_tower must map a list of features to embeddings, got "
+                            f"{describe(item_tower)}")
+    if not isinstance(masks, (tuple, list)) or len(masks) != 2:
+        raise PriorlabError(f"{who}: masks must be the pair (mask_a, mask_b), got {describe(masks)}")
+    if isinstance(features, torch.Tensor) or not isinstance(features, Sequence):
+        raise PriorlabError(f"{who}: features must be a list of token tensors, one per feature, got "
+                            f"{describe(features)}")
+    for f, tokens in enumerate(features):
+        check_tensor(tokens, f"features[{f}]", who=who, ndim=2, dtype="integer",
+                     hint="one row of token ids per item")
     if features and features[0].shape[0] < 2:
         raise PriorlabError("item_ssl_loss: needs a batch of at least two items (in-batch negatives)")
     view_a = apply_feature_mask(features, masks[0], dropout, generator)

@@ -125,9 +125,11 @@ def latent_perturbation(latents: torch.Tensor, codebook: torch.Tensor, *, alpha:
     nearest code. Straight-through: the gradient reaches ``latents`` unchanged. Official
     defaults (configs/RobustTok.yaml): alpha 1.0, beta 0.1, delta 100 of 4,096 codes.
     """
-    check_tensor(latents, "latents", who="latent_perturbation", ndim=4, dtype="float", finite=True)
+    # torch.cdist, which finds the nearest codes, takes float32 or float64 only
+    check_tensor(latents, "latents", who="latent_perturbation", ndim=4,
+                 dtype=(torch.float32, torch.float64), finite=True)
     check_tensor(codebook, "codebook", who="latent_perturbation", shape=(None, latents.shape[1]),
-                 dtype="float")
+                 dtype=latents.dtype, finite=True)
     alpha, delta = _check_rates("latent_perturbation", alpha, delta, len(codebook))
     beta = check_number(beta, "beta", who="latent_perturbation", low=0.0, high=1.0)
     n, d, h, w = latents.shape
@@ -162,7 +164,8 @@ def perturb_tokens(tokens: torch.Tensor, codebook: torch.Tensor, *, rate: float,
     id among the ``delta`` codes nearest to its own code (itself included): the sampling errors
     RobustTok's pFID decodes."""
     check_tensor(tokens, "tokens", who="perturb_tokens", dtype="integer", non_empty=True)
-    check_tensor(codebook, "codebook", who="perturb_tokens", ndim=2, dtype="float")
+    check_tensor(codebook, "codebook", who="perturb_tokens", ndim=2,
+                 dtype=(torch.float32, torch.float64), finite=True)
     rate, delta = _check_rates("perturb_tokens", rate, delta, len(codebook))
     if tokens.min() < 0 or tokens.max() >= len(codebook):
         raise PriorlabError(f"perturb_tokens: token ids must lie in [0, {len(codebook)}), got "

@@ -169,8 +169,16 @@ def insertion_loss(outputs: tuple[torch.Tensor, torch.Tensor], targets: Insertio
         raise PriorlabError("insertion_loss: outputs must be InsertionLM's (insert_logits, stop_logits)")
     insert_logits, stop_logits = outputs
     counts, n_dropped, gap_mask = targets
-    check_tensor(insert_logits, "insert_logits", who="insertion_loss", ndim=3, dtype="float")
-    check_tensor(counts, "counts", who="insertion_loss", shape=tuple(insert_logits.shape), finite=True)
+    check_tensor(insert_logits, "insert_logits", who="insertion_loss", ndim=3, dtype="float",
+                 finite=True, non_empty=True)
+    batch = insert_logits.shape[0]
+    check_tensor(stop_logits, "stop_logits", who="insertion_loss", shape=(batch,), dtype="float",
+                 finite=True)
+    check_tensor(counts, "counts", who="insertion_loss", shape=tuple(insert_logits.shape),
+                 dtype=("float", "integer"), finite=True)
+    check_tensor(n_dropped, "n_dropped", who="insertion_loss", shape=(batch,), dtype="integer")
+    if bool((n_dropped < 0).any()) or bool((counts < 0).any()):
+        raise PriorlabError("insertion_loss: counts and n_dropped must be >= 0 (numbers of dropped tokens)")
     check_tensor(gap_mask, "gap_mask", who="insertion_loss", shape=tuple(insert_logits.shape[:2]),
                  dtype="bool")
     stop_weight = check_number(stop_weight, "stop_weight", who="insertion_loss", low=0)

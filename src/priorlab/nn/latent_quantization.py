@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from priorlab.errors import PriorlabError
 from priorlab.validation import check_number, check_tensor
 
 
@@ -56,12 +57,19 @@ class QuantizedLatent(nn.Module):
         return quantized, index
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # the losses are batch means: an empty batch has none
+        check_tensor(z, "z", who="QuantizedLatent", non_empty=True,
+                     hint=f"pass a batch of latents, shape (n, {self.num_latents}) with n >= 1")
         quantized, _ = self.quantize(z)
         z_hat = z + (quantized - z).detach()
         losses = {
             "quantization": self.quantization_weight * (z.detach() - quantized).pow(2).mean(),
             "commitment": self.commitment_weight * (z - quantized.detach()).pow(2).mean(),
         }
+        if not all(torch.isfinite(loss) for loss in losses.values()):
+            raise PriorlabError(f"QuantizedLatent: the squared distance of z to its codebook values "
+                                f"overflows {z.dtype} (z up to {z.abs().max().item():.3g}); "
+                                "rescale the latents")
         return z_hat, losses
 
     def extra_repr(self) -> str:

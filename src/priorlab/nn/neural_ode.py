@@ -197,7 +197,8 @@ def local_step(func: VectorField, t: float, y: torch.Tensor, *, rtol: float = 1e
     constant, as in the official code). The step is taken whether or not it would be accepted.
     """
     who = "neural_ode.local_step"
-    check_tensor(y, "y", who=who, min_ndim=1, finite=True, non_empty=True)
+    check_tensor(y, "y", who=who, min_ndim=1, dtype="float", finite=True, non_empty=True)
+    t = check_number(t, "t", who=who)
     rtol = check_number(rtol, "rtol", who=who, low=0.0, high=1.0, low_open=True)
     atol = check_number(atol, "atol", who=who, low=0.0, high=1.0, low_open=True)
     stats = SolveStats()
@@ -221,6 +222,8 @@ class TimeMLP(nn.Module):
         self.layer2 = nn.Linear(hidden + 1, dim)
 
     def forward(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        check_tensor(y, "y", who="TimeMLP", shape=(None, self.layer1.in_features - 1),
+                     dtype=self.layer1.weight.dtype, hint="pass states (batch, dim) in the model's dtype")
         time = y.new_full((y.shape[0], 1), float(t))
         hidden = torch.tanh(self.layer1(torch.cat([y, time], dim=1)))
         return torch.tanh(self.layer2(torch.cat([hidden, time], dim=1)))

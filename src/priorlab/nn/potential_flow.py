@@ -34,9 +34,10 @@ from priorlab.errors import PriorlabError
 from priorlab.validation import check_number, check_tensor
 
 
-def _check_latents(z, dim: int, who: str) -> torch.Tensor:
-    return check_tensor(z, "z", who=who, shape=(None, dim), dtype="float", finite=True,
-                        non_empty=True, hint=f"pass latent codes of shape (batch, {dim})")
+def _check_latents(z, dim: int, who: str, dtype: torch.dtype | str = "float") -> torch.Tensor:
+    return check_tensor(z, "z", who=who, shape=(None, dim), dtype=dtype, finite=True,
+                        non_empty=True, hint=f"pass latent codes of shape (batch, {dim}) in the "
+                                             "model's dtype")
 
 
 def _check_index(k, count: int, who: str) -> int:
@@ -100,8 +101,9 @@ class PotentialFlow(nn.Module):
 
     def potential(self, z: torch.Tensor, t: float | torch.Tensor, k: int) -> torch.Tensor:
         """u_k(z, t), shape (batch,)."""
-        z = _check_latents(z, self.latent_dim, "PotentialFlow.potential")
+        z = _check_latents(z, self.latent_dim, "PotentialFlow.potential", self.wave_speed.dtype)
         k = _check_index(k, self.num_potentials, "PotentialFlow.potential")
+        check_tensor(torch.as_tensor(t), "t", who="PotentialFlow.potential", finite=True)
         return self.potentials[k](z, torch.as_tensor(t, dtype=z.dtype).expand(z.shape[0]))
 
     def velocity(self, z: torch.Tensor, t: float | torch.Tensor, k: int, *,
@@ -125,7 +127,7 @@ class PotentialFlow(nn.Module):
         ``backward=True`` walks the reversed flow, z_{t+1} = z_t - grad u_k(z_t, t) (the
         official code samples both directions in training).
         """
-        z = _check_latents(z, self.latent_dim, "PotentialFlow.traverse")
+        z = _check_latents(z, self.latent_dim, "PotentialFlow.traverse", self.wave_speed.dtype)
         k = _check_index(k, self.num_potentials, "PotentialFlow.traverse")
         steps = check_number(steps, "steps", who="PotentialFlow.traverse", low=0, integer=True)
         start = check_number(start, "start", who="PotentialFlow.traverse", low=0, integer=True)
@@ -142,8 +144,9 @@ class PotentialFlow(nn.Module):
         The Laplacian is the exact trace of the Hessian (one extra backward pass per latent
         dimension); the official code uses the Hessian's row sums instead (see the card).
         """
-        z = _check_latents(z, self.latent_dim, "PotentialFlow.wave_residual")
+        z = _check_latents(z, self.latent_dim, "PotentialFlow.wave_residual", self.wave_speed.dtype)
         k = _check_index(k, self.num_potentials, "PotentialFlow.wave_residual")
+        t = check_number(t, "t", who="PotentialFlow.wave_residual")
         with torch.enable_grad():
             z = z.detach().requires_grad_() if not z.requires_grad else z
             t = torch.full((z.shape[0],), float(t), dtype=z.dtype, requires_grad=True)
@@ -167,7 +170,7 @@ class PotentialFlow(nn.Module):
         decoder JVP along v'. Returns ``(latent1, latent2, terms)`` with terms ``wave``,
         ``initial`` and ``jvp``; the official flow loss is ``initial + wave - jvp``.
         """
-        z = _check_latents(z, self.latent_dim, "PotentialFlow.losses")
+        z = _check_latents(z, self.latent_dim, "PotentialFlow.losses", self.wave_speed.dtype)
         k = _check_index(k, self.num_potentials, "PotentialFlow.losses")
         start = check_number(start, "start", who="PotentialFlow.losses", low=0, high=self.num_steps - 2,
                              integer=True, hint="the pair needs the step after start inside the rollout")

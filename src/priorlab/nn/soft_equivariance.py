@@ -26,6 +26,7 @@ tensors, ...), laid out rank by rank, so ``P`` acts block by block with one smal
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from priorlab.errors import PriorlabError, did_you_mean
-from priorlab.validation import check_number, check_tensor
+from priorlab.validation import check_number, check_tensor, describe
 
 _DIM = 3  # the defining representation: rotations/reflections of 3-d space
 
@@ -254,10 +255,16 @@ def per_penalties(model: nn.Module, groups) -> dict[str, torch.Tensor]:
     if not layers:
         raise PriorlabError("per_penalties: the model has no SoftEquivariantLinear layer; build it "
                             "from priorlab.nn.soft_equivariance layers (e.g. GatedTensorMLP)")
+    if isinstance(groups, str) or not isinstance(groups, Iterable):
+        raise PriorlabError(f"per_penalties: groups must be a sequence of group names, e.g. "
+                            f"('o3', 'o2_z'), got {describe(groups)}")
     names = tuple(get_group(g).name for g in groups)
     if not names:
         raise PriorlabError("per_penalties: give at least one group, e.g. groups=('o3', 'o2_z')")
     total = sum(layer.violations(names) for layer in layers)
+    if not bool(torch.isfinite(total.detach()).all()):
+        raise PriorlabError("per_penalties: the penalties are not finite: a layer's weight or bias "
+                            "holds NaN or infinite values, or is too large to square")
     return dict(zip(names, total.unbind()))
 
 

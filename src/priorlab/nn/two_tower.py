@@ -41,6 +41,16 @@ class FeatureTower(nn.Module):
         if len(features) != len(self.embeddings):
             raise PriorlabError(f"FeatureTower: expected {len(self.embeddings)} features, got "
                                 f"{len(features)}")
+        for f, (emb, tokens) in enumerate(zip(self.embeddings, features)):
+            check_tensor(tokens, f"features[{f}]", who="FeatureTower", ndim=2, dtype="integer",
+                         hint="one row of token ids per example (0 = padding)")
+            if tokens.shape[1] == 0:
+                raise PriorlabError(f"FeatureTower: features[{f}] has no token column; pad an "
+                                    "absent feature with token 0")
+            if tokens.numel() and not 0 <= int(tokens.min()) <= int(tokens.max()) < emb.num_embeddings:
+                raise PriorlabError(f"FeatureTower: features[{f}] holds token ids outside "
+                                    f"[0, {emb.num_embeddings}) (its vocabulary size), got "
+                                    f"{int(tokens.min())}..{int(tokens.max())}")
         return self.mlp(torch.cat([emb(f) for emb, f in zip(self.embeddings, features)], dim=1))
 
 

@@ -56,8 +56,10 @@ def dcdm_loss(q: torch.Tensor, b: torch.Tensor,
     ``q`` and ``b`` have the same shape (batch, ...); ``apply_a`` maps a batch of ``q`` to
     ``A q`` (default: the 2-D Poisson stencil on (batch, 1, n, n) images).
     """
-    check_tensor(q, "q", who="dcdm_loss", min_ndim=2, dtype="float")
-    check_tensor(b, "b", who="dcdm_loss", shape=tuple(q.shape), dtype="float")
+    check_tensor(q, "q", who="dcdm_loss", min_ndim=2, dtype="float", non_empty=True, finite=True)
+    check_tensor(b, "b", who="dcdm_loss", shape=tuple(q.shape), dtype="float", finite=True)
+    if not callable(apply_a):
+        raise PriorlabError(f"dcdm_loss: apply_a must be callable, got {type(apply_a).__name__}")
     aq = apply_a(q)
     if aq.shape != q.shape:
         raise PriorlabError(f"dcdm_loss: apply_a must keep the shape {tuple(q.shape)}, "
@@ -65,7 +67,12 @@ def dcdm_loss(q: torch.Tensor, b: torch.Tensor,
     q_flat, b_flat, aq_flat = q.flatten(1), b.flatten(1), aq.flatten(1)
     curvature = (q_flat * aq_flat).sum(1)
     step = (q_flat * b_flat).sum(1) / curvature.clamp_min(torch.finfo(q.dtype).tiny)
-    return (b_flat - aq_flat * step[:, None]).pow(2).sum(1).mean()
+    loss = (b_flat - aq_flat * step[:, None]).pow(2).sum(1).mean()
+    if not torch.isfinite(loss):
+        raise PriorlabError(f"dcdm_loss: the loss overflows {loss.dtype} (q up to "
+                            f"{q.abs().max().item():.3g}, b up to {b.abs().max().item():.3g}); "
+                            "rescale q and b")
+    return loss
 
 
 class DCDMLoss(nn.Module):

@@ -35,7 +35,7 @@ import torch
 
 from priorlab.errors import PriorlabError
 from priorlab.sparsity.pruning import InputStats, wanda_scores
-from priorlab.validation import check_number, check_tensor
+from priorlab.validation import check_finite, check_number, check_tensor
 
 # the README's command under the first official main.py
 MAX_CYCLES = 50
@@ -63,12 +63,15 @@ def dsnot_mask(weight: torch.Tensor, mask: torch.Tensor, stats: InputStats, *,
     (``stats.seq_sum``), as officially (2048-token sequences there).
     """
     who = "dsnot_mask"
-    check_tensor(weight, "weight", who=who, ndim=2, dtype="float", finite=True)
+    check_tensor(weight, "weight", who=who, ndim=2, dtype="float", finite=True, non_empty=True)
     check_tensor(mask, "mask", who=who, shape=tuple(weight.shape), dtype="bool",
                  hint="a boolean mask shaped like weight, True where a weight is pruned")
     if not isinstance(stats, InputStats) or stats.features != weight.shape[1]:
         raise PriorlabError(f"{who}: stats must be the InputStats of this layer's inputs "
                             f"({weight.shape[1]} features), got {stats!r}")
+    for name in ("seq_sum", "var"):
+        check_finite(getattr(stats, name), f"stats.{name}", who=who,
+                     hint="the calibration inputs held NaN or infinite values")
     max_cycles = check_number(max_cycles, "max_cycles", who=who, low=0, integer=True)
     update_threshold = check_number(update_threshold, "update_threshold", who=who, low=0.0)
     variance_power = check_number(variance_power, "variance_power", who=who, low=0.0)
@@ -78,6 +81,10 @@ def dsnot_mask(weight: torch.Tensor, mask: torch.Tensor, stats: InputStats, *,
     kept = ~pruned
     out_features, n = weight.shape
     contribution = weight * stats.seq_sum[None, :]
+    # every error and swap below is a partial sum of a row's contributions, so finite if this is
+    if not bool(torch.isfinite(contribution.abs().sum(dim=1)).all()):
+        raise PriorlabError(f"{who}: weight times the calibration inputs (stats.seq_sum) overflows "
+                            "float32; check the weight and the calibration data for huge values")
     error = (contribution * pruned).sum(dim=1)
     initial_sign = torch.sign(error)
     # a constant input (zero variance) makes its weight the ideal one to regrow, not a NaN

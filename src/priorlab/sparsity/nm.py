@@ -109,7 +109,11 @@ def srste(weight: torch.Tensor, mask: torch.Tensor, lambda_w: float = 2e-4) -> t
     """``weight * mask`` whose backward is SR-STE's ``grad + lambda_w (1 - mask) * weight``
     (Zhou et al. 2021, eq. 5; lambda_w = 2e-4 as there and in the official code)."""
     lambda_w = check_number(lambda_w, "lambda_w", who="srste", low=0)
-    check_tensor(mask, "mask", who="srste", shape=tuple(weight.shape))
+    check_tensor(weight, "weight", who="srste", dtype="float", finite=True)
+    check_tensor(mask, "mask", who="srste", shape=tuple(weight.shape),
+                 dtype=("float", "integer", "bool"), finite=True)
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise PriorlabError("srste: mask must be binary (0/1 or bool), e.g. nm_mask(weight, n, m)")
     return _SRSTEFunction.apply(weight, mask.to(weight.dtype), lambda_w)
 
 
