@@ -76,6 +76,9 @@ def refine_on_ground(T, ground1, ground2, *, radius: float = 20.0, neighbours: i
     """
     g1, g2 = np.asarray(ground1, dtype=np.float64), np.asarray(ground2, dtype=np.float64)
     g1 = g1[np.linalg.norm(g1[:, :2], axis=1) < radius]
+    # sweep 2's ground beyond where sweep 1's near ground can land is never matched
+    reach = radius + np.linalg.norm(np.asarray(T)[:2, 3]) + 5.0
+    g2 = g2[np.linalg.norm(g2[:, :2], axis=1) < reach]
     if len(g1) < 3 or len(g2) < neighbours:
         return T
     tree = cKDTree(g2)
