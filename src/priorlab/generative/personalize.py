@@ -8,8 +8,9 @@ represented, regularised or predicted; this module holds what they share:
 - :func:`placeholder_states`: the causal MiniLM states of prompts such as ``"a thick *"`` with
   the ``*`` token's input embedding replaced — differentiable, so the embedding can be learnt;
 - :func:`diffusion_loss`: the DDPM epsilon MSE that textual inversion minimises;
-- :func:`textual_inversion`: the plain baseline (one embedding, denoising loss, optional extra
-  regulariser);
+- :func:`invert_concept`: the inversion loop they share (captions of ``*``, denoising loss,
+  AdamW on whatever represents the concept); :func:`textual_inversion`, the plain baseline, is
+  that loop on one embedding;
 - the protocol: :func:`held_out_diffusion` is the cached model trained on digits WITHOUT class
   9, so "nine" is a concept it has never seen; :func:`concept_images` are the few images of it;
   :func:`concept_scores` measures both axes personalisation papers trade off — identity (do
@@ -97,6 +98,42 @@ def diffusion_loss(unet, images: torch.Tensor, states: torch.Tensor, *,
     return F.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, noise)
 
 
+def invert_concept(unet, images: torch.Tensor, parameters: Sequence[torch.nn.Parameter],
+                   condition: Callable[[list[str]], tuple[object, torch.Tensor]], *, steps: int, lr: float,
+                   weight_decay: float = 0.0, batch_size: int = 8, templates: Sequence[str] = TEMPLATES,
+                   seed: int = 0, extra_loss: Callable[[int], torch.Tensor] | None = None,
+                   after_step: Callable[[int], None] | None = None, who: str = "invert_concept",
+                   ) -> list[float]:
+    """The loop every inversion here shares: each step draws ``batch_size`` of the concept's
+    ``images`` and captions ``template.format("*")``, lets ``condition(prompts)`` return the
+    denoiser and its context states for them, and takes an AdamW step on ``parameters`` against
+    the denoising loss (plus ``extra_loss(step)``); ``after_step(step)`` runs after each step. The
+    UNet stays frozen. Returns the denoising losses."""
+    steps = check_number(steps, "steps", who=who, low=1, integer=True)
+    check_number(lr, "lr", who=who, low=0, low_open=True)
+    check_tensor(images, "images", who=who, ndim=4, dtype="float", non_empty=True, finite=True)
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    rng = torch.Generator().manual_seed(seed)
+    losses = []
+    with frozen(unet):
+        for step in range(steps):
+            idx = torch.randint(len(images), (batch_size,), generator=rng)
+            prompts = [templates[int(i)].format(PLACEHOLDER)
+                       for i in torch.randint(len(templates), (batch_size,), generator=rng)]
+            denoiser, states = condition(prompts)
+            denoising = diffusion_loss(denoiser, images[idx], states, generator=rng)
+            loss = denoising if extra_loss is None else denoising + extra_loss(step)
+            if not torch.isfinite(loss):
+                raise PriorlabError(f"{who}: non-finite loss at step {step}")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step(step)
+            losses.append(denoising.item())
+    return losses
+
+
 def textual_inversion(unet, images: torch.Tensor, *, steps: int, lr: float = 5e-3, batch_size: int = 8,
                       init_word: str = SUPER_CATEGORY, templates: Sequence[str] = TEMPLATES, seed: int = 0,
                       extra_loss: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
@@ -107,30 +144,13 @@ def textual_inversion(unet, images: torch.Tensor, *, steps: int, lr: float = 5e-
     weight decay, as the official code); the UNet and text encoder stay frozen.
     ``extra_loss(embedding, step)`` adds a regulariser; ``after_step(embedding, step)`` runs after
     each optimiser step (e.g. CoRe's norm rescaling). Returns (embedding, denoising losses)."""
-    steps = check_number(steps, "steps", who="textual_inversion", low=1, integer=True)
-    check_number(lr, "lr", who="textual_inversion", low=0, low_open=True)
-    check_tensor(images, "images", who="textual_inversion", ndim=4, dtype="float", non_empty=True,
-                 finite=True)
     embedding = torch.nn.Parameter(word_embedding(init_word))
-    optimizer = torch.optim.AdamW([embedding], lr=lr, weight_decay=0.0)
-    rng = torch.Generator().manual_seed(seed)
-    losses = []
-    with frozen(unet):
-        for step in range(steps):
-            idx = torch.randint(len(images), (batch_size,), generator=rng)
-            prompts = [templates[int(i)].format(PLACEHOLDER)
-                       for i in torch.randint(len(templates), (batch_size,), generator=rng)]
-            states, _ = placeholder_states(prompts, embedding)
-            denoising = diffusion_loss(unet, images[idx], states, generator=rng)
-            loss = denoising if extra_loss is None else denoising + extra_loss(embedding, step)
-            if not torch.isfinite(loss):
-                raise PriorlabError(f"textual_inversion: non-finite loss at step {step}")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step(embedding, step)
-            losses.append(denoising.item())
+    losses = invert_concept(
+        unet, images, [embedding], lambda prompts: (unet, placeholder_states(prompts, embedding)[0]),
+        steps=steps, lr=lr, batch_size=batch_size, templates=templates, seed=seed,
+        extra_loss=None if extra_loss is None else (lambda step: extra_loss(embedding, step)),
+        after_step=None if after_step is None else (lambda step: after_step(embedding, step)),
+        who="textual_inversion")
     return embedding.detach(), losses
 
 

@@ -34,15 +34,13 @@ from priorlab.generative.diffusion import MAX_TOKENS, sample_states
 from priorlab.generative.evaluate import image_grid, pretrained_classifier
 from priorlab.generative.personalize import (
     CONCEPT_PROMPTS,
-    PLACEHOLDER,
     SUPER_CATEGORY,
     TEMPLATES,
     concept_images,
     concept_median,
     concept_scores,
-    diffusion_loss,
-    frozen,
     held_out_diffusion,
+    invert_concept,
     placeholder_states,
     textual_inversion,
     word_embedding,
@@ -133,23 +131,16 @@ def neti_inversion(unet, images: torch.Tensor, *, steps: int, lr: float, weight_
     layers = len(cross_attention_names(unet))
     mapper = NeTIMapper(word_embedding(SUPER_CATEGORY).numel(), layers, seed=seed,
                         norm_scale=float(word_embedding(SUPER_CATEGORY).norm()))
-    optimizer = torch.optim.AdamW(mapper.parameters(), lr=lr, weight_decay=weight_decay)
-    rng = torch.Generator().manual_seed(seed)
-    losses = []
+    # every row is a NeTI row: the context passed along is a placeholder of the right shape
+    context = torch.zeros(batch_size, MAX_TOKENS, mapper.embedding_dim)
+
+    def condition(prompts):
+        return NeTIConditionedUNet(unet, mapper, _encoder(prompts, layers), batch_size), context
+
     mapper.train()
-    with frozen(unet):
-        for _ in range(steps):
-            idx = torch.randint(len(images), (batch_size,), generator=rng)
-            prompts = [templates[int(i)].format(PLACEHOLDER)
-                       for i in torch.randint(len(templates), (batch_size,), generator=rng)]
-            conditioned = NeTIConditionedUNet(unet, mapper, _encoder(prompts, layers), batch_size)
-            # every row is a NeTI row: the context passed along is a placeholder of the right shape
-            context = torch.zeros(batch_size, MAX_TOKENS, mapper.embedding_dim)
-            loss = diffusion_loss(conditioned, images[idx], context, generator=rng)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+    losses = invert_concept(unet, images, list(mapper.parameters()), condition, steps=steps, lr=lr,
+                            weight_decay=weight_decay, batch_size=batch_size, templates=templates,
+                            seed=seed, who="neti_inversion")
     return mapper.eval(), losses
 
 
