@@ -97,6 +97,14 @@ def check_finite(x: torch.Tensor, name: str, *, who: str | None = None, hint: st
     return x
 
 
+def check_same_dtype(who: str | None, **tensors: torch.Tensor) -> None:
+    """Check that the named tensors share one dtype (they meet in a matrix product)."""
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) > 1:
+        listing = ", ".join(f"{name} {str(d).removeprefix('torch.')}" for name, d in dtypes.items())
+        raise _fail(who, f"{', '.join(dtypes)} must share one dtype, got {listing}")
+
+
 def is_real_number(x) -> bool:
     """A real Python/NumPy number or a one-element real tensor; ``bool`` is not a number here."""
     if isinstance(x, torch.Tensor):

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from priorlab.errors import PriorlabError
-from priorlab.validation import check_number, check_tensor
+from priorlab.validation import check_number, check_same_dtype, check_tensor
 
 ANYTHING = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=3),
                      st.lists(st.floats(), max_size=2))
@@ -48,3 +48,10 @@ def test_check_tensor_returns_a_valid_tensor_unchanged():
     x = torch.ones(2, 3, dtype=torch.int32)
     assert check_tensor(x, "x", ndim=2, shape=(2, None), dtype="integer", finite=True,
                         non_empty=True) is x
+
+
+def test_check_same_dtype_lists_each_tensor_and_its_dtype():
+    a, b = torch.zeros(2), torch.zeros(2, dtype=torch.float64)
+    check_same_dtype("h", a=a, c=torch.ones(3))
+    with pytest.raises(PriorlabError, match=r"^h: a, b must share one dtype, got a float32, b float64$"):
+        check_same_dtype("h", a=a, b=b)

@@ -33,18 +33,10 @@ import torch.nn.functional as F
 
 from priorlab.errors import PriorlabError
 from priorlab.functional.prompt_regularisers import IMAGE_WEIGHT, TEXT_WEIGHT, promptsrc_loss
-from priorlab.validation import check_number, check_tensor
+from priorlab.validation import check_number, check_same_dtype, check_tensor
 
 DIRECTION_WEIGHT = 1.0  # lambda; the paper's value is not in the sources reachable here
 MASK_RATIO = 0.25  # share of patches blanked; likewise chosen here (see the card)
-
-
-def _check_same_dtype(who: str, **tensors: torch.Tensor) -> None:
-    """The features meet in matrix products, which need one dtype."""
-    dtypes = {name: t.dtype for name, t in tensors.items()}
-    if len(set(dtypes.values())) > 1:
-        listing = ", ".join(f"{name} {str(d).removeprefix('torch.')}" for name, d in dtypes.items())
-        raise PriorlabError(f"{who}: the features must share one dtype, got {listing}")
 
 
 def _check_labels(labels: torch.Tensor, n: int, k: int, who: str) -> None:
@@ -119,7 +111,7 @@ def cross_interactive_loss(prompted_image: torch.Tensor, frozen_text: torch.Tens
                  non_empty=True)
     check_tensor(prompted_text, "prompted_text", who=who, shape=tuple(frozen_text.shape), dtype="float",
                  finite=True)
-    _check_same_dtype(who, prompted_image=prompted_image, frozen_text=frozen_text,
+    check_same_dtype(who, prompted_image=prompted_image, frozen_text=frozen_text,
                       frozen_image=frozen_image, prompted_text=prompted_text)
     scale = check_number(scale, "scale", who=who, low=0.0, low_open=True)
     p_logits = scale * F.normalize(prompted_image, dim=-1) @ F.normalize(frozen_text.detach(), dim=-1).T
@@ -153,7 +145,7 @@ def directional_loss(image_features: torch.Tensor, labels: torch.Tensor,
     check_tensor(prototypes, "prototypes", who=who, shape=(None, image_features.shape[1]), dtype="float",
                  finite=True, non_empty=True)
     _check_labels(labels, image_features.shape[0], prototypes.shape[0], who)
-    _check_same_dtype(who, image_features=image_features, prototypes=prototypes)
+    check_same_dtype(who, image_features=image_features, prototypes=prototypes)
     return (1 - F.cosine_similarity(image_features, prototypes.detach()[labels], dim=-1)).mean()
 
 
@@ -181,7 +173,7 @@ def disa_loss(logits: torch.Tensor, labels: torch.Tensor, text_features: torch.T
         # checked here too, so that an error names disa_loss's arguments
         check_tensor(masked_image_features, "masked_image_features", who=who,
                      shape=tuple(image_features.shape), dtype="float", finite=True)
-        _check_same_dtype(who, masked_image_features=masked_image_features,
+        check_same_dtype(who, masked_image_features=masked_image_features,
                           frozen_text_features=frozen_text_features,
                           frozen_image_features=frozen_image_features, text_features=text_features)
         loss = loss + cross_weight * cross_interactive_loss(masked_image_features, frozen_text_features,

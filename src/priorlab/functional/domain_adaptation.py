@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from priorlab.errors import PriorlabError
-from priorlab.validation import check_number, check_tensor
+from priorlab.validation import check_number, check_same_dtype, check_tensor
 
 IGNORE_INDEX = -100  # label of the positions the masked-LM loss skips (PyTorch's and transformers')
 
@@ -147,11 +147,8 @@ def dann_loss(source_features: torch.Tensor, target_features: torch.Tensor,
                             f"{source_features.shape[1]} and {target_features.shape[1]}")
     if not isinstance(discriminator, nn.Module):
         raise PriorlabError(f"{who}: discriminator must be an nn.Module, got {type(discriminator).__name__}")
-    weight = next(discriminator.parameters(), source_features)
-    if not source_features.dtype == target_features.dtype == weight.dtype:
-        raise PriorlabError(f"{who}: source_features, target_features and the discriminator must "
-                            f"share one dtype, got {source_features.dtype}, {target_features.dtype} "
-                            f"and {weight.dtype}")
+    check_same_dtype(who, source_features=source_features, target_features=target_features,
+                     discriminator=next(discriminator.parameters(), source_features))
     features = torch.cat([source_features, target_features])
     logits = discriminator(reverse_gradient(features, scale))
     if logits.ndim == 2 and logits.shape[1] == 1:
