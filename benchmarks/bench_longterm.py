@@ -18,7 +18,6 @@ by ICP on nearly that objective, and the snippet is almost static.
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -42,11 +41,11 @@ def kitti_accumulation() -> dict | None:
 
     from priorlab.sceneflow import load_points
     from priorlab.sceneflow.commands_sequences import read_poses
+    from priorlab.sceneflow.io import sample_data_dir
     from priorlab.sceneflow.preprocess import remove_ground_plane
     from priorlab.sceneflow.trajectory import accumulate
 
-    folder = Path(os.environ.get("PRIORLAB_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-    folder = folder / "data" / "sceneflow" / "kitti_velodyne_seq6_patchworkpp"
+    folder = sample_data_dir() / "kitti_velodyne_seq6_patchworkpp"
     if not folder.exists():
         print(f"skipping the KITTI accumulation: {folder} not found")
         return None

@@ -40,6 +40,7 @@ from priorlab.sceneflow import (
     scene_flow_metrics,
     threeway_epe,
 )
+from priorlab.sceneflow.io import sample_data_dir
 from priorlab.sceneflow.losses import KDIndex
 from priorlab.sceneflow.nsfp import NSFP_DEFAULTS, NSFPProblem
 
@@ -48,12 +49,8 @@ PAIR = "av2_api_val_pair/pair_7fab2350_315966265259836000.npz"
 CROP = dict(max_range=35.0, planar=True, z_range=(-1.0, 3.0))
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("PRIORLAB_SHARED", REPO.parent / "shared")) / "data" / "sceneflow"
-
-
 def load_cropped():
-    pair = load_av2_pair(data_dir() / PAIR)
+    pair = load_av2_pair(sample_data_dir() / PAIR)
     m0 = pair["eval_mask"] & crop_range(pair["pc0"], **CROP)
     m1 = ~pair["is_ground1_map"] & crop_range(pair["pc1"], **CROP)
     return {
@@ -179,7 +176,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = data_dir() / PAIR
+    path = sample_data_dir() / PAIR
     if not path.exists():
         print(f"skipped: real AV2 pair not found at {path} (set PRIORLAB_SHARED)")
         return 0

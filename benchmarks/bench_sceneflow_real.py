@@ -39,16 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from priorlab.sceneflow import bucketed_epe, estimate_flow, load_av2_pair, threeway_epe
+from priorlab.sceneflow.io import sample_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 AV2_PAIR = "av2_api_val_pair/pair_7fab2350_315966265259836000.npz"
 KITTI_PAIRS = ("pair_000008.npz", "pair_000020.npz", "pair_000040.npz")
 CAMERA_TO_Z_UP = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # x fwd, y left, z up
 MOVING = 0.05  # m per frame after ego compensation (AV2's dynamic threshold)
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("PRIORLAB_SHARED", REPO.parent / "shared")) / "data" / "sceneflow"
 
 
 def transform(points, T):
@@ -68,7 +65,7 @@ def timed(fn):
 
 
 def av2_runs(skip_nsfp: bool) -> dict:
-    pair = load_av2_pair(data_dir() / AV2_PAIR)
+    pair = load_av2_pair(sample_data_dir() / AV2_PAIR)
     pc0, pc1, gt, T = pair["pc0"], pair["pc1"], pair["flow"], pair["ego_motion"]
     m = pair["eval_mask"]
     ego = transform(pc0.astype(np.float64), T) - pc0
@@ -124,11 +121,11 @@ def ego_check(pc0, pc1, T, m, g0, g1, moving) -> dict:
     planes through sweep 1's moved ground and sweep 2's ground within 30 m of the sensor."""
     from scipy.spatial import cKDTree
 
-    from priorlab.sceneflow.ego import estimate_ego_motion
+    from priorlab.sceneflow.ego import estimate_ego_motion, refine_on_ground
 
     p0, p1 = pc0.astype(np.float64), pc1.astype(np.float64)
-    poses = {"given": T, "gicp": estimate_ego_motion(p0, p1),
-             "gicp+ground": estimate_ego_motion(p0, p1, ground1=g0, ground2=g1)}
+    gicp = estimate_ego_motion(p0, p1)
+    poses = {"given": T, "gicp": gicp, "gicp+ground": refine_on_ground(gicp, p0[g0], p1[g1])}
     tree = cKDTree(pc1[~g1])
     static = p0[~g0 & ~moving]
 
@@ -175,7 +172,7 @@ def kitti_runs(skip_nsfp: bool) -> dict:
     R[:3, :3] = CAMERA_TO_Z_UP
     per_method: dict[str, list] = {}
     for name in KITTI_PAIRS:
-        d = np.load(data_dir() / "lidarkitti_dev" / name)
+        d = np.load(sample_data_dir() / "lidarkitti_dev" / name)
         a, b = d["pc1"] @ CAMERA_TO_Z_UP.T, d["pc2"] @ CAMERA_TO_Z_UP.T
         gt = d["flow"] @ CAMERA_TO_Z_UP.T
         T = R @ d["ego_T_pc1_to_pc2"] @ R.T

@@ -183,12 +183,13 @@ def rides_with_the_sensor(T: np.ndarray, src: np.ndarray, sensor_xy: np.ndarray,
     ``sensor_xy``: the cluster's sweep-1 points in sweep 1's sensor frame. Given up with it: a
     vehicle seen side-on driving beside the ego at exactly its speed (a car ahead or behind at the
     same speed is kept: its visible side is across the travel)."""
-    centred = src - src.mean(0)
+    centre = src.mean(0)
+    centred = src - centre
     spreads, axes = np.linalg.eigh(centred.T @ centred / len(src))
     if spreads[1] < opts["line_elongation"] ** 2 * max(spreads[0], 1e-12):
         return False
-    step = apply_2d(src.mean(0)[None], T)[0] - src.mean(0)
+    moved_centre = apply_2d(centre[None], T)[0]
+    step = moved_centre - centre
     if abs(step @ axes[:, 1]) < 0.9 * np.linalg.norm(step):
         return False
-    sensor_motion = np.linalg.norm(apply_2d(src, T).mean(0) - sensor_xy.mean(0))
-    return sensor_motion < opts["locked_share"] * ego_shift
+    return np.linalg.norm(moved_centre - sensor_xy.mean(0)) < opts["locked_share"] * ego_shift
